@@ -1,0 +1,278 @@
+"""`iamt train`: train the normal model, rank channels, build emphasized variants, measure.
+
+Writes into the run directory (../shared/DESIGN.md §4):
+
+  config.yaml        the resolved config
+  manifest.json      status, versions, seeds, hardware, timings, clean accuracy, localisation
+  checkpoints/       normal.safetensors + normal.json
+  importance.csv     attribute, channel, score, rank
+  clean.csv          clean accuracy per variant and attribute, with Wilson 95% CIs
+
+Everything that can be checked is checked before the run directory is touched.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import yaml
+
+from iamt.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
+from iamt.config import Backbone, ConfigError, RunConfig, config_to_yaml
+from iamt.data import Split, TensorAttributeDataset, load_split
+from iamt.importance import channel_importance, importance_table, localisation_ratio
+from iamt.io import write_csv, write_json, write_text
+from iamt.model import Architecture, AttentionNet, build_model
+from iamt.train import channel_statistics, predict_correct, resolve_device, train_model
+from iamt.transforms import MaskTransform, TransformSpecError, parse_transform
+from robustness.metrics import wilson_interval
+
+NORMAL = "normal"
+CHECKPOINT_STEM = Path("checkpoints") / "normal"
+
+
+class RunDirectoryError(ValueError):
+    """The output directory cannot be used as asked (changed config, not writable, ...)."""
+
+
+def feature_channels(config: RunConfig) -> int:
+    if config.model.backbone is Backbone.SMALL_CNN:
+        return config.model.widths[-1]
+    return 256 if config.model.backbone is Backbone.RESNET18 else 1024
+
+
+def parse_variants(config: RunConfig) -> dict[str, MaskTransform]:
+    """`normal` (identity) plus the configured emphasized variants, validated against the model."""
+    variants: dict[str, MaskTransform] = {NORMAL: parse_transform("identity")}
+    for name, spec in config.emphasis.variants.items():
+        if name == NORMAL:
+            raise ConfigError(f"emphasis.variants: {NORMAL!r} is reserved for the identity model")
+        try:
+            transform = parse_transform(spec)
+            transform.validate(feature_channels(config))
+        except TransformSpecError as error:
+            raise ConfigError(f"emphasis.variants.{name}: {error}") from None
+        variants[name] = transform
+    return variants
+
+
+def check_run_directory(run_dir: Path, config: RunConfig, *, force: bool) -> None:
+    """Refuse to mix two configs in one run directory (unless `force`), or an unwritable one."""
+    existing = run_dir / "config.yaml"
+    if existing.is_file() and not force:
+        old = yaml.safe_load(existing.read_text()) or {}
+        new = config.model_dump(mode="json")
+        changed = _diff_keys(old, new)
+        if changed:
+            raise RunDirectoryError(
+                f"{run_dir} holds a run with a different config (changed: "
+                f"{', '.join(changed)}); use another --out, or --force to start it afresh"
+            )
+    probe = run_dir if run_dir.exists() else _first_existing_parent(run_dir)
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RunDirectoryError(f"output directory {str(probe)!r} is not writable")
+
+
+def _first_existing_parent(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def _diff_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(set(old) | set(new))
+        return [d for k in keys for d in _diff_keys(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
+
+
+@dataclass
+class TrainRunSummary:
+    run_dir: Path
+    trained: bool
+    clean: pd.DataFrame
+    localisation: dict[str, float]
+
+
+def train_run(
+    config: RunConfig, run_dir: Path, *, force: bool = False, show_progress: bool = True
+) -> TrainRunSummary:
+    # 1. Validate everything cheap before writing anything.
+    variants = parse_variants(config)
+    check_run_directory(run_dir, config, force=force)
+    device = resolve_device(config.train.device)
+    if config.train.num_threads is not None:
+        torch.set_num_threads(config.train.num_threads)
+    train_set = load_split(config.data, Split.TRAIN, config.seed)
+    val_set = load_split(config.data, Split.VAL, config.seed)
+    test_set = load_split(config.data, Split.TEST, config.seed)
+
+    # 2. The run directory: config first, then a manifest that says we are running.
+    started = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "config.yaml", config_to_yaml(config))
+    manifest: dict[str, Any] = {
+        "name": config.name,
+        "status": "running",
+        "stage": "train",
+        "created": _now(),
+        "seed": config.seed,
+        "dataset": config.data.name.value,
+        "variants": {name: t.spec() for name, t in variants.items()},
+        "environment": environment(device),
+    }
+    write_json(run_dir / "manifest.json", manifest)
+    timings: dict[str, float] = {}
+
+    # 3. Train, unless this run already holds the checkpoint of this very config.
+    stem = run_dir / CHECKPOINT_STEM
+    weights, meta = checkpoint_paths(stem)
+    trained = force or not (weights.is_file() and meta.is_file())
+    if trained:
+        mean, std = channel_statistics(train_set)
+        architecture = Architecture.from_config(
+            config.model, train_set.attributes, config.data.image_size, mean, std
+        )
+        model = build_model(architecture, config.model.backbone_weights)
+        tick = time.perf_counter()
+        history = train_model(
+            model,
+            train_set,
+            config.train,
+            seed=config.seed,
+            device=device,
+            show_progress=show_progress,
+        )
+        timings["train_s"] = time.perf_counter() - tick
+        save_checkpoint(stem, model, seed=config.seed, epochs=config.train.epochs)
+        manifest["train_history"] = [asdict(record) for record in history]
+    else:
+        model, _ = load_checkpoint(stem)
+        model.to(device)
+
+    # 4. Channel importance on the validation split (never the test split).
+    manifest["stage"] = "importance"
+    write_json(run_dir / "manifest.json", manifest)
+    tick = time.perf_counter()
+    importance_set = _head(val_set, config.importance.n_samples)
+    importance = channel_importance(
+        model,
+        importance_set,
+        method=config.importance.method,
+        batch_size=config.importance.batch_size,
+        device=device,
+    )
+    names = model.architecture.attribute_names
+    write_csv(run_dir / "importance.csv", importance_table(importance, names))
+    timings["importance_s"] = time.perf_counter() - tick
+
+    # 5. Clean accuracy of every variant on the test split, and where the attention falls.
+    manifest["stage"] = "clean"
+    tick = time.perf_counter()
+    clean = clean_accuracy(config, model, variants, importance, test_set)
+    write_csv(run_dir / "clean.csv", clean)
+    localisation: dict[str, float] = {}
+    if isinstance(test_set, TensorAttributeDataset) and test_set.object_masks is not None:
+        localisation = localisation_ratio(model, test_set)
+    timings["evaluate_s"] = time.perf_counter() - tick
+    timings["total_s"] = time.perf_counter() - started
+
+    manifest.update(
+        status="done",
+        stage="done",
+        finished=_now(),
+        timings=timings,
+        clean_accuracy={
+            f"{row.variant}/{row.attribute}": row.accuracy for row in clean.itertuples()
+        },
+        localisation_ratio=localisation,
+    )
+    write_json(run_dir / "manifest.json", manifest)
+    return TrainRunSummary(run_dir, trained, clean, localisation)
+
+
+def clean_accuracy(
+    config: RunConfig,
+    model: AttentionNet,
+    variants: dict[str, MaskTransform],
+    importance: torch.Tensor,
+    dataset: Any,
+) -> pd.DataFrame:
+    rows = []
+    for variant, transform in variants.items():
+        net = model if variant == NORMAL else model.with_transform(transform, importance)
+        correct = predict_correct(net, dataset)  # (N, A)
+        for a, attribute in enumerate(model.architecture.attribute_names):
+            n, hits = int(correct.shape[0]), int(correct[:, a].sum())
+            low, high = wilson_interval(hits, n)
+            rows.append(
+                {
+                    "run": config.name,
+                    "dataset": config.data.name.value,
+                    "variant": variant,
+                    "transform": transform.spec(),
+                    "attribute": attribute,
+                    "n": n,
+                    "correct": hits,
+                    "accuracy": hits / n,
+                    "ci_low": low,
+                    "ci_high": high,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _head(dataset: Any, count: int) -> Any:
+    if isinstance(dataset, TensorAttributeDataset):
+        return dataset.subset(count)
+    return torch.utils.data.Subset(dataset, range(min(count, len(dataset))))
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Versions, git sha and hardware: what a reader needs to trust or reproduce the numbers."""
+    packages = ["iamt-robust", "torch", "torchvision", "ray", "foolbox", "numpy"]
+    versions: dict[str, str | None] = {}
+    for package in packages:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "versions": versions,
+        "git_sha": _git_sha(),
+    }
+
+
+def _git_sha() -> str | None:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return result.stdout.strip()
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
