@@ -91,7 +91,7 @@ class TrainConfig(Section):
     weight_decay: float = Field(1e-4, ge=0)
     warmup_fraction: float = Field(0.15, ge=0, lt=1)
     mask_sparsity: float = Field(
-        0.1, ge=0, description="weight of the mean mask activation added to the loss"
+        0.5, ge=0, description="weight of the mean mask activation added to the loss"
     )
     device: Device = Device.AUTO
     num_threads: PositiveInt | None = Field(None, description="torch CPU threads; null = torch's")

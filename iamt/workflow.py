@@ -33,7 +33,13 @@ from iamt.data import Split, TensorAttributeDataset, load_split
 from iamt.importance import channel_importance, importance_table, localisation_ratio
 from iamt.io import write_csv, write_json, write_text
 from iamt.model import Architecture, AttentionNet, build_model
-from iamt.train import channel_statistics, predict_correct, resolve_device, train_model
+from iamt.train import (
+    channel_statistics,
+    predict_correct,
+    resolve_device,
+    seed_everything,
+    train_model,
+)
 from iamt.transforms import MaskTransform, TransformSpecError, parse_transform
 from robustness.metrics import wilson_interval
 
@@ -144,6 +150,7 @@ def train_run(
         architecture = Architecture.from_config(
             config.model, train_set.attributes, config.data.image_size, mean, std
         )
+        seed_everything(config.seed)  # the initial weights are a random draw too
         model = build_model(architecture, config.model.backbone_weights)
         tick = time.perf_counter()
         history = train_model(

@@ -50,14 +50,18 @@ def load_split(config: DataConfig, split: Split, seed: int) -> AttributeDataset:
     For real datasets `n_<split>` caps the number of samples read.
     """
     count = split_size(config, split)
-    if config.name is DatasetName.SHAPES:
+    if config.name in (DatasetName.SHAPES, DatasetName.DIGITS):
+        from iamt.data.digits import make_digits
         from iamt.data.shapes import make_shapes
 
-        return make_shapes(count, image_size=config.image_size, seed=split_seed(seed, split))
-    if config.name is DatasetName.DIGITS:
-        from iamt.data.digits import make_digits
-
-        return make_digits(count, split=split, image_size=config.image_size, seed=seed)
+        builtin = (
+            make_shapes(count, image_size=config.image_size, seed=split_seed(seed, split))
+            if config.name is DatasetName.SHAPES
+            else make_digits(count, split=split, image_size=config.image_size, seed=seed)
+        )
+        return (
+            builtin if config.attributes is None else builtin.select_attributes(config.attributes)
+        )
 
     from iamt.data import real
 

@@ -112,6 +112,22 @@ class TensorAttributeDataset(torch.utils.data.Dataset[tuple[Tensor, Tensor]]):
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         return self.images[index], self.labels[index]
 
+    def select_attributes(self, names: Sequence[str]) -> TensorAttributeDataset:
+        """Keep only the named attributes, in the given order."""
+        valid = [spec.name for spec in self.attributes]
+        unknown = [name for name in names if name not in valid]
+        if unknown or not names:
+            raise DatasetError(
+                f"unknown attribute(s) {unknown or list(names)}; valid are: {', '.join(valid)}"
+            )
+        columns = [valid.index(name) for name in names]
+        return TensorAttributeDataset(
+            self.images,
+            self.labels[:, columns],
+            [self.attributes[c] for c in columns],
+            self.object_masks,
+        )
+
     def subset(self, count: int) -> TensorAttributeDataset:
         """The first `count` samples (built-in datasets are already shuffled)."""
         masks = None if self.object_masks is None else self.object_masks[:count]

@@ -1,0 +1,142 @@
+"""`iamt train`: the run directory it writes, reruns, refusals, determinism, and the demo."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from cluster.cli import main
+from iamt.config import ConfigError, RunConfig, load_config, parse_config
+from iamt.workflow import RunDirectoryError, TrainRunSummary, train_run
+from tests.conftest import TINY
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _snapshot(run_dir: Path) -> dict[str, str]:
+    return {str(p.relative_to(run_dir)): _sha(p) for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def test_the_run_directory_holds_everything(tiny_run: TrainRunSummary) -> None:
+    run_dir = tiny_run.run_dir
+    for name in [
+        "config.yaml",
+        "manifest.json",
+        "checkpoints/normal.safetensors",
+        "checkpoints/normal.json",
+        "importance.csv",
+        "clean.csv",
+    ]:
+        assert (run_dir / name).is_file(), name
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "done"
+    assert manifest["variants"] == {"normal": "identity", "emphasized": "topk:k=4,alpha=2"}
+    assert set(manifest["localisation_ratio"]) == {"shape", "colour", "size", "background"}
+    assert manifest["environment"]["versions"]["torch"]
+    assert manifest["timings"]["train_s"] > 0
+
+    importance = pd.read_csv(run_dir / "importance.csv")
+    assert len(importance) == 4 * 16  # attributes × channels
+    assert sorted(importance.groupby("attribute")["rank"].max().unique()) == [16]
+
+    clean = pd.read_csv(run_dir / "clean.csv")
+    assert set(clean["variant"]) == {"normal", "emphasized"}
+    assert len(clean) == 2 * 4
+    assert (clean["n"] == 128).all()
+    assert (clean["ci_low"] <= clean["accuracy"]).all()
+    assert (clean["accuracy"] <= clean["ci_high"]).all()
+    assert ((clean["correct"] / clean["n"] - clean["accuracy"]).abs() < 1e-6).all()
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert parse_config(saved) == parse_config(TINY)
+
+
+def test_rerun_reuses_the_checkpoint_and_reproduces_the_files(
+    tiny_run: TrainRunSummary, tiny_config: RunConfig
+) -> None:
+    before = _snapshot(tiny_run.run_dir)
+    again = train_run(tiny_config, tiny_run.run_dir, show_progress=False)
+    assert not again.trained
+    after = _snapshot(tiny_run.run_dir)
+    for name in ["checkpoints/normal.safetensors", "importance.csv", "clean.csv", "config.yaml"]:
+        assert after[name] == before[name], name
+
+
+def test_training_is_deterministic(tmp_path: Path, tiny_run: TrainRunSummary) -> None:
+    config = parse_config(TINY)
+    train_run(config, tmp_path / "again", show_progress=False)
+    for name in ["checkpoints/normal.safetensors", "clean.csv", "importance.csv"]:
+        assert _sha(tmp_path / "again" / name) == _sha(tiny_run.run_dir / name), name
+
+
+def test_a_changed_config_is_refused_and_the_run_left_untouched(
+    tiny_run: TrainRunSummary,
+) -> None:
+    before = _snapshot(tiny_run.run_dir)
+    changed = parse_config({**TINY, "seed": 4, "train": {**TINY["train"], "epochs": 2}})
+    with pytest.raises(RunDirectoryError) as caught:
+        train_run(changed, tiny_run.run_dir, show_progress=False)
+    assert "seed: 3 -> 4" in str(caught.value)
+    assert "train.epochs: 1 -> 2" in str(caught.value)
+    assert "--force" in str(caught.value)
+    assert _snapshot(tiny_run.run_dir) == before
+
+
+@pytest.mark.parametrize(
+    ("variants", "fragment"),
+    [
+        ({"e": "topk:k=99,alpha=2"}, "k=99 is larger than the number of feature channels (16)"),
+        ({"e": "emph:k=2"}, "unknown mask transform 'emph'"),
+        ({"normal": "topk:k=2,alpha=2"}, "'normal' is reserved"),
+    ],
+)
+def test_bad_variants_fail_before_anything_is_written(
+    tmp_path: Path, variants: dict[str, str], fragment: str
+) -> None:
+    config = parse_config({**TINY, "emphasis": {"variants": variants}})
+    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        train_run(config, tmp_path / "run", show_progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_reports_user_errors_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    code = main(["train", str(REPO / "configs/demo.yaml"), "--out", str(out), "--set", "x.y=1"])
+    assert code == 2
+    assert "unknown key 'x'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_cli_trains_a_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    out = tmp_path / "run"
+    assert main(["train", str(config), "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "clean accuracy" in printed and "localisation" in printed
+    assert (out / "clean.csv").is_file()
+
+
+@pytest.mark.e2e
+def test_demo_config_meets_the_acceptance_bar(tmp_path: Path) -> None:
+    """The shipped demo: ≥ 0.95 clean accuracy on every attribute, the emphasized variant
+    within 2 points, and masks that sit on the object (localisation ≥ 1.5)."""
+    config = load_config(REPO / "configs/demo.yaml", ["train.num_threads=2"])
+    summary = train_run(config, tmp_path / "demo", show_progress=False)
+    accuracy = summary.clean.pivot(index="attribute", columns="variant", values="accuracy")
+    assert (accuracy["normal"] >= 0.95).all(), accuracy
+    assert ((accuracy["normal"] - accuracy["emphasized"]).abs() <= 0.02).all(), accuracy
+    for attribute in ["shape", "colour", "size"]:
+        assert summary.localisation[attribute] >= 1.5, summary.localisation
+    # Background texture lives outside the object: its masks must not prefer the object.
+    assert summary.localisation["background"] < summary.localisation["shape"]
