@@ -1,8 +1,93 @@
-"""Robustness metrics. Pure numpy/scipy; no torch, no Ray."""
+"""Robustness metrics. Pure numpy/scipy; no torch, no Ray.
+
+Sections:
+
+- accuracy with a confidence interval (Wilson 1927);
+- paired comparison of two models on the same samples: percentile bootstrap CI of the accuracy
+  difference (Efron & Tibshirani 1993), optionally a cluster bootstrap (Davison & Hinkley 1997),
+  and McNemar's exact test (McNemar 1947);
+- common corruptions: CE, mCE, relative CE and relative mCE (Hendrycks & Dietterich, ICLR 2019);
+- area under an accuracy-vs-strength curve;
+- adversarial robustness: robust accuracy, attack success rate, and the same from the minimal
+  adversarial distances of minimisation attacks (Carlini & Wagner 2017; Rauber et al. 2017).
+
+Conventions: per-sample outcomes are 1-D boolean arrays (0/1 integers are accepted), one entry per
+sample; every error names the bad value.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
 from scipy.stats import binomtest
+
+__all__ = [
+    "CorruptionErrorSummary",
+    "PairedComparison",
+    "area_under_curve",
+    "attack_success_rate",
+    "corruption_errors",
+    "mcnemar_exact",
+    "median_distance",
+    "paired_difference",
+    "robust_accuracy",
+    "robust_accuracy_from_distances",
+    "wilson_interval",
+]
+
+# At most this many int64 cells (~32 MiB) per chunk of cluster-bootstrap replicates.
+_MAX_CELLS_PER_CHUNK = 1 << 22
+
+
+# --------------------------------------------------------------------------- input validation
+
+
+def _bool_vector(name: str, values: ArrayLike) -> NDArray[np.bool_]:
+    """`values` as a 1-D boolean array; 0/1 numbers are accepted, anything else is an error."""
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array, got shape {array.shape}")
+    if array.dtype == np.bool_:
+        return array
+    if array.size and not (np.issubdtype(array.dtype, np.number) and np.isin(array, (0, 1)).all()):
+        bad = array[~np.isin(array, (0, 1))] if np.issubdtype(array.dtype, np.number) else array
+        raise ValueError(f"{name} must be boolean (or 0/1), got values such as {bad[:5].tolist()}")
+    return array.astype(np.bool_)
+
+
+def _same_length(**arrays: NDArray[np.generic]) -> int:
+    lengths = {name: len(array) for name, array in arrays.items()}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"arrays must have equal lengths, got {lengths}")
+    n = next(iter(lengths.values()))
+    if n == 0:
+        raise ValueError(f"arrays must not be empty, got lengths {lengths}")
+    return n
+
+
+def _check_confidence(confidence: float) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be within (0, 1), got {confidence}")
+
+
+def _distance_vector(distances: ArrayLike) -> NDArray[np.float64]:
+    array = np.asarray(distances, dtype=np.float64)
+    if array.ndim != 1:
+        raise ValueError(f"distances must be a 1-D array, got shape {array.shape}")
+    bad = array[np.isnan(array) | (array < 0)]
+    if bad.size:
+        raise ValueError(
+            f"distances must be >= 0 (inf for a failed attack), got values such as "
+            f"{bad[:5].tolist()}"
+        )
+    return array
+
+
+# --------------------------------------------------------------------------- accuracy
 
 
 def wilson_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -13,3 +98,340 @@ def wilson_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[flo
         raise ValueError(f"correct must be within 0..n={n}, got {correct}")
     interval = binomtest(correct, n).proportion_ci(confidence_level=confidence, method="wilson")
     return float(interval.low), float(interval.high)
+
+
+# --------------------------------------------------------------------------- paired comparison
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """Model a vs model b on the same samples; `difference` = accuracy_b − accuracy_a.
+
+    `ci_low`, `ci_high`: percentile bootstrap interval of `difference`. `n_a_only`: pairs where a is
+    right and b wrong; `n_b_only`: the reverse. `mcnemar_p`: McNemar's exact two-sided p-value.
+    """
+
+    n: int
+    accuracy_a: float
+    accuracy_b: float
+    difference: float
+    ci_low: float
+    ci_high: float
+    n_a_only: int
+    n_b_only: int
+    mcnemar_p: float
+
+
+def mcnemar_exact(n_a_only: int, n_b_only: int) -> float:
+    """McNemar's exact test (McNemar 1947) on the discordant counts of a paired 2×2 table.
+
+    Under H0 (both models equally accurate) each of the `n_a_only + n_b_only` discordant pairs is
+    equally likely to favour either model, so `n_b_only ~ Binomial(n_a_only + n_b_only, 1/2)`; the
+    p-value is the exact two-sided binomial test (`scipy.stats.binomtest`). Concordant pairs carry
+    no information. Returns 1.0 when there are no discordant pairs.
+    """
+    for name, value in (("n_a_only", n_a_only), ("n_b_only", n_b_only)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    discordant = int(n_a_only) + int(n_b_only)
+    if discordant == 0:
+        return 1.0
+    return float(binomtest(int(n_b_only), discordant, 0.5).pvalue)
+
+
+def paired_difference(
+    correct_a: ArrayLike,
+    correct_b: ArrayLike,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    clusters: ArrayLike | None = None,
+) -> PairedComparison:
+    """Accuracy difference of model b over model a on the same samples, with a bootstrap CI.
+
+    `correct_a[i]`, `correct_b[i]`: whether model a (e.g. normal) and model b (e.g. emphasized)
+    classified sample i correctly. `difference = mean(correct_b) − mean(correct_a)`.
+
+    CI: percentile bootstrap (Efron & Tibshirani 1993, ch. 13) with `n_boot` replicates from
+    `np.random.default_rng(seed)`, so the same inputs and seed give the same interval.
+
+    - `clusters is None`: pairs are resampled with replacement. Each pair's difference
+      `d_i = correct_b[i] − correct_a[i]` is one of −1, 0, +1, so resampling n pairs is drawing the
+      counts of the three kinds from a multinomial — the same distribution as resampling indices,
+      at O(n_boot) cost.
+    - `clusters` given (integer ids, one per pair): a cluster bootstrap (Davison & Hinkley 1997,
+      ch. 3, hierarchical data; Field & Welsh 2007). Whole clusters are resampled with
+      replacement and the replicate statistic is Σ d over the drawn clusters' pairs ÷ their
+      number of pairs. Use it when one
+      sample appears several times — e.g. clusters = sample ids when the pairs pool several
+      perturbations of the same images: those pairs are not independent, and the pair bootstrap
+      would give a too narrow interval.
+
+    The McNemar p-value (`mcnemar_exact`) treats the pairs as independent, also when `clusters` is
+    given; with clusters, trust the interval rather than the p-value.
+    """
+    a = _bool_vector("correct_a", correct_a)
+    b = _bool_vector("correct_b", correct_b)
+    n = _same_length(correct_a=a, correct_b=b)
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int | np.integer) or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
+    _check_confidence(confidence)
+
+    n_a_only = int(np.count_nonzero(a & ~b))
+    n_b_only = int(np.count_nonzero(b & ~a))
+    accuracy_a = float(a.mean())
+    accuracy_b = float(b.mean())
+    rng = np.random.default_rng(seed)
+
+    if clusters is None:
+        # Counts of d = −1, 0, +1 in each replicate.
+        probabilities = np.array([n_a_only, n - n_a_only - n_b_only, n_b_only]) / n
+        counts = rng.multinomial(n, probabilities, size=int(n_boot))  # (n_boot, 3)
+        replicates = (counts[:, 2] - counts[:, 0]) / n
+    else:
+        replicates = _cluster_replicates(
+            b.astype(np.int64) - a.astype(np.int64), clusters, int(n_boot), rng
+        )
+
+    alpha = 1.0 - confidence
+    low, high = np.quantile(replicates, [alpha / 2, 1 - alpha / 2])
+    return PairedComparison(
+        n=n,
+        accuracy_a=accuracy_a,
+        accuracy_b=accuracy_b,
+        difference=accuracy_b - accuracy_a,
+        ci_low=float(low),
+        ci_high=float(high),
+        n_a_only=n_a_only,
+        n_b_only=n_b_only,
+        mcnemar_p=mcnemar_exact(n_a_only, n_b_only),
+    )
+
+
+def _cluster_replicates(
+    differences: NDArray[np.int64], clusters: ArrayLike, n_boot: int, rng: np.random.Generator
+) -> NDArray[np.float64]:
+    """Bootstrap replicates of mean(differences), resampling whole clusters with replacement."""
+    ids = np.asarray(clusters)
+    if ids.ndim != 1 or len(ids) != len(differences):
+        raise ValueError(
+            f"clusters must be a 1-D array of {len(differences)} ids, got shape {ids.shape}"
+        )
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"clusters must hold integer ids, got dtype {ids.dtype}")
+    _, index = np.unique(ids, return_inverse=True)
+    n_clusters = int(index.max()) + 1
+    cluster_sum = np.bincount(index, weights=differences, minlength=n_clusters)  # (G,)
+    cluster_size = np.bincount(index, minlength=n_clusters).astype(np.float64)  # (G,)
+
+    # Draw G cluster indices per replicate, in chunks of replicates to bound memory.
+    chunk = max(1, _MAX_CELLS_PER_CHUNK // n_clusters)
+    replicates = np.empty(n_boot, dtype=np.float64)
+    for start in range(0, n_boot, chunk):
+        stop = min(start + chunk, n_boot)
+        drawn = rng.integers(0, n_clusters, size=(stop - start, n_clusters))  # (chunk, G)
+        replicates[start:stop] = cluster_sum[drawn].sum(axis=1) / cluster_size[drawn].sum(axis=1)
+    return replicates
+
+
+# --------------------------------------------------------------------------- common corruptions
+
+
+@dataclass(frozen=True)
+class CorruptionErrorSummary:
+    """Corruption errors of a model relative to a baseline (Hendrycks & Dietterich 2019).
+
+    `ce` and `relative_ce` map each corruption to its CE_c and relative CE_c (nan where undefined);
+    `mce` and `relative_mce` are their means over the corruptions where they are defined.
+    """
+
+    ce: dict[str, float]
+    relative_ce: dict[str, float]
+    mce: float
+    relative_mce: float
+
+
+def _error_table(name: str, table: Mapping[str, Sequence[float]]) -> dict[str, NDArray[np.float64]]:
+    result: dict[str, NDArray[np.float64]] = {}
+    for corruption, values in table.items():
+        array = np.asarray(values, dtype=np.float64)
+        if array.ndim != 1 or array.size == 0:
+            raise ValueError(
+                f"{name}[{corruption!r}] must be a non-empty sequence of errors per severity, "
+                f"got {values!r}"
+            )
+        if not np.isfinite(array).all() or (array < 0).any():
+            raise ValueError(
+                f"{name}[{corruption!r}] must hold finite errors >= 0, got {array.tolist()}"
+            )
+        result[corruption] = array
+    return result
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator > 0 else math.nan
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    defined = [value for value in values if not math.isnan(value)]
+    return sum(defined) / len(defined) if defined else math.nan
+
+
+def corruption_errors(
+    errors: Mapping[str, Sequence[float]],
+    baseline: Mapping[str, Sequence[float]],
+    clean_error: float,
+    baseline_clean_error: float,
+) -> CorruptionErrorSummary:
+    """CE, mCE, relative CE and relative mCE (Hendrycks & Dietterich, ICLR 2019).
+
+    `errors[c][s]`: the model's top-1 error E_{s,c} on corruption c at severity s (severities in
+    the same order in both tables); `baseline[c][s]`: the baseline's E^base_{s,c}; `clean_error`
+    and `baseline_clean_error`: E_clean and E^base_clean. All on one scale (rates or percents).
+
+        CE_c          = Σ_s E_{s,c} / Σ_s E^base_{s,c}
+        relative CE_c = Σ_s (E_{s,c} − E_clean) / Σ_s (E^base_{s,c} − E^base_clean)
+        mCE = mean_c CE_c,   relative mCE = mean_c relative CE_c
+
+    The paper's baseline is AlexNet; here it is the normal model (T = identity), so the normal
+    model's mCE is 1 and an emphasized variant below 1 is more robust to corruptions than it.
+
+    Undefined ratios: CE_c is nan when the baseline makes no error at any severity of c, and
+    relative CE_c is nan when Σ_s (E^base_{s,c} − E^base_clean) ≤ 0 (the baseline does not degrade
+    under c; the ratio would be infinite or flip sign). The means skip nan corruptions and are nan
+    only when every corruption is undefined. Whether a ratio is defined depends on the baseline
+    alone, so every variant compared against the same baseline is averaged over the same
+    corruptions.
+    """
+    model = _error_table("errors", errors)
+    base = _error_table("baseline", baseline)
+    if set(model) != set(base):
+        raise ValueError(
+            "errors and baseline must name the same corruptions; only in errors: "
+            f"{sorted(set(model) - set(base))}, only in baseline: {sorted(set(base) - set(model))}"
+        )
+    if not model:
+        raise ValueError("errors must name at least one corruption, got none")
+    for name, value in (
+        ("clean_error", clean_error),
+        ("baseline_clean_error", baseline_clean_error),
+    ):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite error >= 0, got {value}")
+
+    ce: dict[str, float] = {}
+    relative_ce: dict[str, float] = {}
+    for corruption in model:  # the caller's order
+        e, e_base = model[corruption], base[corruption]
+        if e.shape != e_base.shape:
+            raise ValueError(
+                f"corruption {corruption!r} has {e.size} severities in errors but "
+                f"{e_base.size} in baseline"
+            )
+        ce[corruption] = _ratio(float(e.sum()), float(e_base.sum()))
+        relative_ce[corruption] = _ratio(
+            float((e - clean_error).sum()), float((e_base - baseline_clean_error).sum())
+        )
+    return CorruptionErrorSummary(
+        ce=ce,
+        relative_ce=relative_ce,
+        mce=_nanmean(list(ce.values())),
+        relative_mce=_nanmean(list(relative_ce.values())),
+    )
+
+
+# --------------------------------------------------------------------------- strength curves
+
+
+def area_under_curve(strengths: Sequence[float], accuracies: Sequence[float]) -> float:
+    """Normalized area under an accuracy-vs-strength curve (trapezoidal rule).
+
+    AUC = ∫ acc(s) ds / (s_max − s_min) over [s_min, s_max], with the points sorted by strength
+    first: the mean accuracy over the strength range, so a constant accuracy a gives a. Needs at
+    least two distinct strengths; a repeated strength is an error (the curve would be ambiguous).
+    """
+    x = np.asarray(strengths, dtype=np.float64)
+    y = np.asarray(accuracies, dtype=np.float64)
+    if x.ndim != 1 or y.ndim != 1 or x.shape != y.shape:
+        raise ValueError(
+            f"strengths and accuracies must be 1-D of equal length, got {len(strengths)} "
+            f"and {len(accuracies)} values"
+        )
+    if x.size < 2:
+        raise ValueError(f"an area under a curve needs >= 2 points, got {x.size}")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ValueError(
+            f"strengths and accuracies must be finite, got {x.tolist()} and {y.tolist()}"
+        )
+    order = np.argsort(x, kind="stable")
+    x, y = x[order], y[order]
+    repeated = x[1:][np.diff(x) == 0]
+    if repeated.size:
+        raise ValueError(f"strengths must be distinct, got {sorted(set(repeated.tolist()))} twice")
+    area = float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2.0))
+    return area / float(x[-1] - x[0])
+
+
+# --------------------------------------------------------------------------- adversarial
+
+
+def robust_accuracy(correct_clean: ArrayLike, success: ArrayLike) -> float:
+    """Robust accuracy: the fraction of all samples classified correctly and not successfully
+    attacked, `mean(correct_clean & ~success)` (Carlini et al. 2019; Croce & Hein 2020).
+
+    A misclassified clean sample is non-robust whatever the attack did, so `success` matters only
+    where `correct_clean` is true (an attack's flag on a misclassified sample is ignored).
+    """
+    correct = _bool_vector("correct_clean", correct_clean)
+    attacked = _bool_vector("success", success)
+    _same_length(correct_clean=correct, success=attacked)
+    return float(np.mean(correct & ~attacked))
+
+
+def attack_success_rate(correct_clean: ArrayLike, success: ArrayLike) -> float:
+    """Attack success rate: among the clean-correct samples, the fraction successfully attacked.
+
+    Misclassified clean samples are excluded (there is nothing to attack). nan when no sample is
+    classified correctly, since the rate is then undefined. So
+    robust accuracy = clean accuracy × (1 − success rate).
+    """
+    correct = _bool_vector("correct_clean", correct_clean)
+    attacked = _bool_vector("success", success)
+    _same_length(correct_clean=correct, success=attacked)
+    if not correct.any():
+        return math.nan
+    return float(np.mean(attacked[correct]))
+
+
+def robust_accuracy_from_distances(
+    correct_clean: ArrayLike, distances: ArrayLike, epsilon: float
+) -> float:
+    """Robust accuracy at budget ε from a minimisation attack's minimal adversarial distances.
+
+    A sample is robust at ε when it is classified correctly and its minimal adversarial distance
+    is > ε (an adversarial at distance exactly ε lies inside the closed ε-ball, so it counts as a
+    success); `distances[i] = inf` means the attack found no adversarial. Distances of
+    misclassified clean samples are ignored.
+    """
+    correct = _bool_vector("correct_clean", correct_clean)
+    distance = _distance_vector(distances)
+    _same_length(correct_clean=correct, distances=distance)
+    if not (math.isfinite(epsilon) and epsilon >= 0):
+        raise ValueError(f"epsilon must be finite and >= 0, got {epsilon}")
+    return float(np.mean(correct & (distance > epsilon)))
+
+
+def median_distance(distances: ArrayLike, correct_clean: ArrayLike) -> float:
+    """Median minimal adversarial distance over the clean-correct samples (Rauber et al. 2017).
+
+    Failed attacks (`inf`) are included, so an attack that fails on at least half of the samples
+    has an infinite median — the honest answer: that attack cannot bound the median. nan when no
+    sample is classified correctly. Misclassified clean samples are excluded.
+    """
+    correct = _bool_vector("correct_clean", correct_clean)
+    distance = _distance_vector(distances)
+    _same_length(distances=distance, correct_clean=correct)
+    if not correct.any():
+        return math.nan
+    return float(np.median(distance[correct]))

@@ -1,0 +1,236 @@
+"""One interface for every perturbation, in the style of foolbox's `attacks/base.py`.
+
+The base classes own the shared steps — validate the input batch and the strength, derive the
+random generator from the job's seed, clip to [0, 1], check the output's shape and range — and
+each registered subclass writes only its maths:
+
+- `ImagePerturbation._perturb(images, strength, generator)` for model-independent noise and
+  corruptions: generated once per job, then evaluated by every variant;
+- `Attack._attack(model, images, labels, epsilons, generator)` for adversarial attacks, run
+  against each variant itself.
+
+Every class is registered by name (`@register_perturbation`), with its family and its strength
+axis, so tests parametrized over `list_perturbations()` cover a new entry for free (as timm's
+`@register_model` does for models).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+
+class Family(StrEnum):
+    CLEAN = "clean"
+    NOISE = "noise"
+    CORRUPTION = "corruption"
+    ADVERSARIAL = "adversarial"
+    TRANSFER = "transfer"  # adversarials crafted on one variant, evaluated on another
+
+
+class StrengthAxis(StrEnum):
+    SEVERITY = "severity"  # integer 1..5 (ImageNet-C)
+    EPSILON = "epsilon"  # a norm bound, or a noise scale, in [0, 1] pixel units
+
+
+class PerturbationError(ValueError):
+    """A perturbation name, strength or input is invalid; the message names the valid range."""
+
+
+PERTURBATIONS: dict[str, type[Perturbation]] = {}
+
+
+PerturbationType = TypeVar("PerturbationType", bound="type[Perturbation]")
+
+
+def register_perturbation(cls: PerturbationType) -> PerturbationType:
+    if cls.name in PERTURBATIONS:
+        raise RuntimeError(f"perturbation {cls.name!r} is registered twice")
+    PERTURBATIONS[cls.name] = cls
+    return cls
+
+
+def list_perturbations(family: Family | None = None) -> list[str]:
+    _load_builtin_modules()
+    return sorted(n for n, c in PERTURBATIONS.items() if family is None or c.family is family)
+
+
+def get_perturbation_class(name: str) -> type[Perturbation]:
+    _load_builtin_modules()
+    if name not in PERTURBATIONS:
+        by_family = {
+            family.value: ", ".join(list_perturbations(family))
+            for family in (Family.NOISE, Family.CORRUPTION, Family.ADVERSARIAL)
+        }
+        valid = "; ".join(f"{family}: {names}" for family, names in by_family.items())
+        raise PerturbationError(f"unknown perturbation {name!r}; valid are {valid}")
+    return PERTURBATIONS[name]
+
+
+def create_perturbation(name: str, **params: Any) -> Perturbation:
+    cls = get_perturbation_class(name)
+    try:
+        return cls(**params)
+    except TypeError as error:  # an unknown keyword: say which ones exist
+        raise PerturbationError(
+            f"bad parameters {params} for {name!r}: {error}; "
+            f"valid parameters: {', '.join(cls.parameter_names()) or 'none'}"
+        ) from None
+
+
+def _load_builtin_modules() -> None:
+    # Importing the modules runs their @register_perturbation decorators.
+    from robustness.perturbations import attacks, corruptions, noise  # noqa: F401
+
+
+def check_images(images: Tensor) -> None:
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise PerturbationError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise PerturbationError(f"images must be float in [0, 1], got dtype {images.dtype}")
+    if not bool(torch.isfinite(images).all()):
+        raise PerturbationError("images contain NaN or infinite values")
+    low, high = float(images.min()), float(images.max())
+    if low < 0.0 or high > 1.0:
+        raise PerturbationError(f"images must lie in [0, 1], got values in [{low}, {high}]")
+
+
+def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed % 2**63)
+
+
+class Perturbation(ABC):
+    """Class attributes every registered perturbation declares."""
+
+    name: ClassVar[str]
+    family: ClassVar[Family]
+    axis: ClassVar[StrengthAxis]
+    # The strengths a user may ask for: a closed interval (epsilon) or 1..5 (severity).
+    min_strength: ClassVar[float] = 0.0
+    max_strength: ClassVar[float] = 1.0
+
+    @classmethod
+    def parameter_names(cls) -> list[str]:
+        return [p for p in getattr(cls, "__dataclass_fields__", {}) if not p.startswith("_")]
+
+    @classmethod
+    def validate_strength(cls, strength: float) -> float:
+        """Return the strength if valid, else raise naming the bad value and the valid range."""
+        if cls.axis is StrengthAxis.SEVERITY:
+            if strength not in (1, 2, 3, 4, 5) or isinstance(strength, bool):
+                raise PerturbationError(
+                    f"{cls.name}: severity {strength!r} is invalid; valid severities: 1, 2, 3, 4, 5"
+                )
+            return int(strength)
+        if (
+            isinstance(strength, bool)
+            or not isinstance(strength, int | float)
+            or not (cls.min_strength <= strength <= cls.max_strength)
+        ):
+            raise PerturbationError(
+                f"{cls.name}: epsilon {strength!r} is out of range; "
+                f"valid: {cls.min_strength} ≤ epsilon ≤ {cls.max_strength}"
+            )
+        return float(strength)
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{p}={getattr(self, p)!r}" for p in self.parameter_names())
+        return f"{type(self).__name__}({params})"
+
+
+class ImagePerturbation(Perturbation):
+    """A model-independent perturbation: noise or a corruption."""
+
+    def __call__(self, images: Tensor, strength: float, *, seed: int) -> Tensor:
+        """images (N, 3, H, W) in [0, 1] -> perturbed images, same shape, in [0, 1]."""
+        check_images(images)
+        strength = self.validate_strength(strength)
+        generator = make_generator(seed, images.device)
+        with torch.no_grad():  # a perturbation is data, not part of any graph
+            perturbed = self._perturb(images, strength, generator, seed).clamp(0.0, 1.0)
+        if perturbed.shape != images.shape or perturbed.dtype != images.dtype:
+            raise AssertionError(
+                f"{self.name} returned {tuple(perturbed.shape)} {perturbed.dtype}, "
+                f"expected {tuple(images.shape)} {images.dtype}"
+            )
+        return perturbed
+
+    @abstractmethod
+    def _perturb(
+        self, images: Tensor, strength: float, generator: torch.Generator, seed: int
+    ) -> Tensor:
+        """The maths. `generator` is seeded from the job; `seed` is there for code that needs
+        its own random state (e.g. numpy-based corruptions)."""
+
+
+@dataclass
+class AttackOutcome:
+    """What an attack found, for one model and one batch.
+
+    `adversarials[eps]` (N, 3, H, W) and `success[eps]` (N,) bool per requested ε; for
+    minimisation attacks also `distances` (N,): the smallest perturbation found (inf where the
+    attack failed), measured in the attack's norm.
+    """
+
+    adversarials: dict[float, Tensor]
+    success: dict[float, Tensor]
+    distances: Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Attack(Perturbation):
+    """An adversarial attack against one single-logit model with inputs in [0, 1]."""
+
+    family: ClassVar[Family] = Family.ADVERSARIAL
+    axis: ClassVar[StrengthAxis] = StrengthAxis.EPSILON
+    norm: ClassVar[str]  # "linf" or "l2"
+    minimization: ClassVar[bool] = False  # True: finds the smallest adversarial perturbation
+    max_strength: ClassVar[float] = 16.0  # an L2 bound in [0, 1] pixel units may exceed 1
+
+    def __post_init__(self) -> None:
+        # Every attack hyperparameter (steps, step sizes, overshoot, batch size) is positive.
+        for name in self.parameter_names():
+            value = getattr(self, name)
+            if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
+                raise PerturbationError(f"{self.name}: {name} must be > 0, got {value!r}")
+
+    def __call__(
+        self,
+        model: nn.Module,
+        images: Tensor,
+        labels: Tensor,
+        epsilons: Sequence[float],
+        *,
+        seed: int,
+    ) -> AttackOutcome:
+        check_images(images)
+        if labels.shape != (images.shape[0],):
+            raise PerturbationError(f"labels must be (N,), got {tuple(labels.shape)}")
+        if not epsilons:
+            raise PerturbationError(f"{self.name}: the epsilon list is empty")
+        checked = [self.validate_strength(eps) for eps in epsilons]
+        generator = make_generator(seed, images.device)
+        torch.manual_seed(seed)  # foolbox and AutoAttack draw from torch's global generator
+        outcome = self._attack(model, images, labels, checked, generator)
+        for eps, adversarial in outcome.adversarials.items():
+            if adversarial.shape != images.shape:
+                raise AssertionError(f"{self.name}: adversarials at eps={eps} changed shape")
+            outcome.adversarials[eps] = adversarial.clamp(0.0, 1.0)
+        return outcome
+
+    @abstractmethod
+    def _attack(
+        self,
+        model: nn.Module,
+        images: Tensor,
+        labels: Tensor,
+        epsilons: Sequence[float],
+        generator: torch.Generator,
+    ) -> AttackOutcome:
+        """The maths: craft adversarials for every ε."""
