@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(BIN)/iamt train configs/demo.yaml --out runs/demo
+	$(BIN)/iamt evaluate runs/demo
 
 lint: setup
 	$(BIN)/ruff check .

@@ -1,6 +1,7 @@
 """The `iamt` command line.
 
     iamt train CONFIG [--set key=value ...] [--out RUN_DIR] [--force]
+    iamt evaluate RUN_DIR [--set robustness.key=value ...]
 
 `train` runs locally and needs no Ray. Subcommands that fan out over Ray import it lazily,
 so `iamt --help` and `iamt train` start fast.
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from iamt.checkpoint import CheckpointError
-from iamt.config import ConfigError, load_config
+from iamt.config import ConfigError, load_config, load_run_config
 from iamt.data import DatasetError
 from iamt.workflow import RunDirectoryError, train_run
 
@@ -53,6 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train the normal model, rank channels, measure clean accuracy (no Ray)"
     )
     _add_config_arguments(train)
+    evaluate = commands.add_parser(
+        "evaluate", help="run the robustness sweep on a trained run directory, in one process"
+    )
+    evaluate.add_argument("run_dir", type=Path, help="a run directory written by `iamt train`")
+    evaluate.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a robustness.* key, e.g. --set robustness.noise.n_samples=200",
+    )
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
@@ -70,9 +84,21 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from robustness.runner import evaluate_run
+
+    config = load_run_config(args.run_dir, args.overrides)
+    counts = evaluate_run(args.run_dir, config, show_progress=not args.quiet)
+    print(
+        f"\n{counts['done']}/{counts['total']} jobs done, {counts['failed']} failed; wrote "
+        f"{args.run_dir}/results.csv, summary.csv, failures.csv, timings.csv"
+    )
+    return 0 if counts["failed"] == 0 else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": _train}
+    handlers = {"train": _train, "evaluate": _evaluate}
     try:
         return handlers[args.command](args)
     except USER_ERRORS as error:

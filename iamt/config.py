@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
@@ -110,6 +110,118 @@ class EmphasisConfig(Section):
     )
 
 
+def _check_strengths(name: str, strengths: Sequence[float]) -> None:
+    """Validate names and strengths against the perturbation registry (no work done yet)."""
+    from robustness.perturbations import PerturbationError, get_perturbation_class
+
+    try:
+        cls = get_perturbation_class(name)
+        if not strengths:
+            raise PerturbationError(f"{name}: the strength list is empty")
+        for strength in strengths:
+            cls.validate_strength(strength)
+    except PerturbationError as error:
+        raise ValueError(str(error)) from None
+
+
+def _check_family(names: list[str], family: str) -> None:
+    from robustness.perturbations import Family, list_perturbations
+
+    valid = list_perturbations(Family(family))
+    unknown = [name for name in names if name not in valid]
+    if unknown:
+        raise ValueError(f"unknown {family} name(s) {unknown}; valid: {', '.join(valid)}")
+
+
+class NoiseConfig(Section):
+    types: list[str] = Field(
+        default_factory=lambda: ["gaussian", "shot", "impulse", "speckle", "uniform"]
+    )
+    strengths: list[float] = Field(default_factory=lambda: [0.02, 0.05, 0.1, 0.2])
+    n_samples: PositiveInt = 1000
+
+    @model_validator(mode="after")
+    def _valid(self) -> NoiseConfig:
+        _check_family(self.types, "noise")
+        for name in self.types:
+            _check_strengths(name, self.strengths)
+        return self
+
+
+class CorruptionConfig(Section):
+    names: list[str] | Literal["all"] = "all"
+    severities: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
+    n_samples: PositiveInt = 500
+
+    @model_validator(mode="after")
+    def _valid(self) -> CorruptionConfig:
+        names = self.resolved_names()
+        _check_family(names, "corruption")
+        for name in names:
+            _check_strengths(name, list(self.severities))
+        return self
+
+    def resolved_names(self) -> list[str]:
+        from robustness.perturbations import Family, list_perturbations
+
+        if self.names == "all":
+            return list_perturbations(Family.CORRUPTION)
+        return list(self.names)
+
+
+class AttackConfig(Section):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    epsilons: list[float] | None = Field(
+        None, description="default: robustness.attacks.linf_epsilons or l2_epsilons by norm"
+    )
+    n_samples: PositiveInt | None = Field(None, description="default: attacks.n_samples")
+
+
+class AttacksConfig(Section):
+    linf_epsilons: list[float] = Field(default_factory=lambda: [2 / 255, 4 / 255, 8 / 255])
+    l2_epsilons: list[float] = Field(default_factory=lambda: [0.25, 0.5, 1.0])
+    n_samples: PositiveInt = 200
+    transfer: bool = True
+    methods: list[AttackConfig] = Field(
+        default_factory=lambda: [AttackConfig(name="fgsm"), AttackConfig(name="linf_pgd")]
+    )
+
+    @model_validator(mode="after")
+    def _valid(self) -> AttacksConfig:
+        from robustness.perturbations import PerturbationError, create_perturbation
+
+        _check_family([m.name for m in self.methods], "adversarial")
+        seen = set()
+        for method in self.methods:
+            if method.name in seen:
+                raise ValueError(f"attack {method.name!r} is listed twice")
+            seen.add(method.name)
+            try:
+                create_perturbation(method.name, **method.params)
+            except PerturbationError as error:
+                raise ValueError(str(error)) from None
+            _check_strengths(method.name, self.epsilons_for(method))
+        return self
+
+    def epsilons_for(self, method: AttackConfig) -> list[float]:
+        from robustness.perturbations import get_perturbation_class
+
+        if method.epsilons is not None:
+            return method.epsilons
+        norm = getattr(get_perturbation_class(method.name), "norm", "linf")
+        return self.linf_epsilons if norm == "linf" else self.l2_epsilons
+
+
+class RobustnessConfig(Section):
+    split: Literal["test"] = "test"
+    shard_size: PositiveInt = 500
+    batch_size: PositiveInt = 500
+    noise: NoiseConfig = NoiseConfig()
+    corruptions: CorruptionConfig = CorruptionConfig()
+    attacks: AttacksConfig = AttacksConfig()
+
+
 class RunConfig(Section):
     name: str = "run"
     seed: int = 0
@@ -118,6 +230,7 @@ class RunConfig(Section):
     train: TrainConfig = TrainConfig()
     importance: ImportanceConfig = ImportanceConfig()
     emphasis: EmphasisConfig = EmphasisConfig()
+    robustness: RobustnessConfig = RobustnessConfig()
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -185,6 +298,21 @@ def load_config(path: Path | str, overrides: Sequence[str] = ()) -> RunConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
     return parse_config(apply_overrides(raw, overrides), source=str(path))
+
+
+def load_run_config(run_dir: Path, overrides: Sequence[str] = ()) -> RunConfig:
+    """The config of an existing run; overrides may change only the `robustness` section,
+    since everything else produced the checkpoint already in the run directory."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a run directory: {path} does not exist")
+    outside = [item for item in overrides if not item.strip().startswith("robustness.")]
+    if outside:
+        raise ConfigError(
+            f"--set {outside[0]!r}: only robustness.* keys can change on a trained run; "
+            "train a new run for other changes"
+        )
+    return load_config(path, overrides)
 
 
 def config_to_yaml(config: RunConfig) -> str:

@@ -10,8 +10,11 @@ import torch
 from iamt.config import RunConfig, parse_config
 from iamt.workflow import TrainRunSummary, train_run
 
-# Two cores: keep torch from oversubscribing them when pytest runs other work alongside.
-torch.set_num_threads(2)
+# One torch thread. Measured on this 2-core machine while another process kept one core busy:
+# with 2 threads a forward + backward of a tiny model took 0.6 s instead of 4 ms (OpenMP
+# threads spin-waiting on each other); with 1 thread the suite runs at the same speed busy or
+# not. Tests that train for real ask for more threads in their config.
+torch.set_num_threads(1)
 
 TINY = {
     "name": "tiny",

@@ -16,6 +16,7 @@ axis, so tests parametrized over `list_perturbations()` cover a new entry for fr
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -117,7 +118,10 @@ class Perturbation(ABC):
 
     @classmethod
     def parameter_names(cls) -> list[str]:
-        return [p for p in getattr(cls, "__dataclass_fields__", {}) if not p.startswith("_")]
+        """The keyword hyperparameters (dataclass fields; ClassVars are not fields)."""
+        if not dataclasses.is_dataclass(cls):
+            return []
+        return [f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")]
 
     @classmethod
     def validate_strength(cls, strength: float) -> float:
@@ -194,11 +198,17 @@ class Attack(Perturbation):
     max_strength: ClassVar[float] = 16.0  # an L2 bound in [0, 1] pixel units may exceed 1
 
     def __post_init__(self) -> None:
-        # Every attack hyperparameter (steps, step sizes, overshoot, batch size) is positive.
-        for name in self.parameter_names():
-            value = getattr(self, name)
-            if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
-                raise PerturbationError(f"{self.name}: {name} must be > 0, got {value!r}")
+        # Every attack hyperparameter (steps, step sizes, overshoot, batch size) is a positive
+        # number of the declared kind: `steps=2.5` or `steps=True` is a mistake, not a 2.
+        for spec in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, spec.name)
+            integral = isinstance(spec.default, int)
+            kind_ok = (
+                isinstance(value, int) if integral else isinstance(value, int | float)
+            ) and not isinstance(value, bool)
+            if not kind_ok or value <= 0:
+                kind = "a positive integer" if integral else "a positive number"
+                raise PerturbationError(f"{self.name}: {spec.name} must be {kind}, got {value!r}")
 
     def __call__(
         self,
@@ -216,8 +226,12 @@ class Attack(Perturbation):
             raise PerturbationError(f"{self.name}: the epsilon list is empty")
         checked = [self.validate_strength(eps) for eps in epsilons]
         generator = make_generator(seed, images.device)
-        torch.manual_seed(seed)  # foolbox and AutoAttack draw from torch's global generator
-        outcome = self._attack(model, images, labels, checked, generator)
+        # foolbox and AutoAttack draw from torch's global generator: seed it for this attack
+        # only, and give the caller its random state back afterwards.
+        devices = [images.device] if images.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            outcome = self._attack(model, images, labels, checked, generator)
         for eps, adversarial in outcome.adversarials.items():
             if adversarial.shape != images.shape:
                 raise AssertionError(f"{self.name}: adversarials at eps={eps} changed shape")

@@ -1,0 +1,324 @@
+"""Jobs: frozen specs of one unit of robustness work, and the pure function that runs one.
+
+A `Job` names a data shard, a perturbation, its strength and the variants to evaluate. Its
+`job_id` is a stable hash of the spec, and its seed is derived from that hash, so the same
+config always yields the same jobs, ids and random draws — in one process or on Ray, in any
+order. `run_job(job, models, images, labels)` is pure: given the same inputs it returns the
+same rows.
+
+- clean, noise and corruption jobs perturb the shard once and evaluate every variant on it;
+- fixed-ε attack jobs craft adversarials against each variant itself (one attribute at a
+  time) and, when `transfer` is on, evaluate them on every other variant (`transfer` rows);
+- minimisation attack jobs find each sample's smallest adversarial perturbation once and
+  report robust accuracy at every configured ε from those distances.
+
+Each row carries `outcomes`: the per-sample correctness as a '0'/'1' string over the shard.
+It stays in the part files (not in results.csv) and lets the summary pair variants sample by
+sample (bootstrap CIs, McNemar).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from robustness.metrics import attack_success_rate, median_distance
+from robustness.perturbations import (
+    Attack,
+    Family,
+    ImagePerturbation,
+    create_perturbation,
+)
+from robustness.perturbations.attacks import attribute_view
+
+NO_PERTURBATION = "none"
+
+
+@dataclass(frozen=True)
+class Job:
+    family: Family
+    perturbation: str  # registry name, or "none" for clean
+    shard_start: int  # samples [shard_start, shard_stop) of the evaluation split
+    shard_stop: int
+    variants: tuple[str, ...]
+    attribute_names: tuple[str, ...]
+    run_seed: int
+    strength: float | None = None  # severity or ε of this job; None: clean / minimisation
+    epsilons: tuple[float, ...] = ()  # minimisation attacks: report at each of these
+    params: tuple[tuple[str, Any], ...] = ()  # attack hyperparameters, sorted by name
+    transfer: bool = False
+    batch_size: int = 500
+
+    def spec(self) -> dict[str, Any]:
+        spec = asdict(self)
+        spec["family"] = self.family.value
+        return spec
+
+    @property
+    def job_id(self) -> str:
+        canonical = json.dumps(self.spec(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    @property
+    def seed(self) -> int:
+        return int(self.job_id, 16) % 2**31
+
+    @property
+    def n(self) -> int:
+        return self.shard_stop - self.shard_start
+
+    def describe(self) -> str:
+        strength = "" if self.strength is None else f"@{self.strength:g}"
+        return f"{self.perturbation}{strength}[{self.shard_start}:{self.shard_stop}]"
+
+
+def _encode(correct: Tensor) -> str:
+    return "".join("1" if bool(c) else "0" for c in correct.tolist())
+
+
+def predict_all(model: nn.Module, images: Tensor, batch_size: int) -> Tensor:
+    """(N, A) predicted class per attribute."""
+    predictions = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            logits = model(images[start : start + batch_size]).logits
+            predictions.append(torch.stack([lg.argmax(1) for lg in logits], dim=1))
+    return torch.cat(predictions)
+
+
+def _row(
+    job: Job,
+    variant: str,
+    attribute: str,
+    correct: Tensor,
+    *,
+    family: Family | None = None,
+    epsilon: float | None = None,
+    source_variant: str | None = None,
+    success_rate: float | None = None,
+    median: float | None = None,
+) -> dict[str, Any]:
+    strength_column = "severity" if job.family is Family.CORRUPTION else "epsilon"
+    strength = epsilon if epsilon is not None else job.strength
+    return {
+        "job_id": job.job_id,
+        "variant": variant,
+        "attribute": attribute,
+        "family": (family or job.family).value,
+        "perturbation": job.perturbation,
+        "severity": int(strength) if strength_column == "severity" and strength else None,
+        "epsilon": strength if strength_column == "epsilon" else None,
+        "source_variant": source_variant,
+        "n": int(correct.numel()),
+        "correct": int(correct.sum()),
+        "success_rate": success_rate,
+        "median_distance": median,
+        "seed": job.seed,
+        "shard_start": job.shard_start,
+        "outcomes": _encode(correct),
+    }
+
+
+def run_job(
+    job: Job, models: Mapping[str, nn.Module], images: Tensor, labels: Tensor
+) -> list[dict[str, Any]]:
+    """Evaluate one job. `images` (N, 3, H, W) / `labels` (N, A) are the whole evaluation split;
+    the job takes its shard. Returns one row per (variant, attribute[, ε, source])."""
+    missing = [v for v in job.variants if v not in models]
+    if missing:
+        raise KeyError(f"job {job.job_id} needs variants {missing}; given {sorted(models)}")
+    x = images[job.shard_start : job.shard_stop]
+    y = labels[job.shard_start : job.shard_stop]
+    if job.family in (Family.CLEAN, Family.NOISE, Family.CORRUPTION):
+        return _run_image_job(job, models, x, y)
+    perturbation = create_perturbation(job.perturbation, **dict(job.params))
+    assert isinstance(perturbation, Attack)
+    if perturbation.minimization:
+        return _run_minimisation_job(job, perturbation, models, x, y)
+    return _run_fixed_epsilon_job(job, perturbation, models, x, y)
+
+
+def _run_image_job(
+    job: Job, models: Mapping[str, nn.Module], x: Tensor, y: Tensor
+) -> list[dict[str, Any]]:
+    if job.family is not Family.CLEAN:
+        perturbation = create_perturbation(job.perturbation, **dict(job.params))
+        assert isinstance(perturbation, ImagePerturbation)
+        assert job.strength is not None
+        x = perturbation(x, job.strength, seed=job.seed)  # generated once for every variant
+    rows = []
+    for variant in job.variants:
+        correct = predict_all(models[variant], x, job.batch_size) == y  # (n, A)
+        rows += [
+            _row(job, variant, name, correct[:, a]) for a, name in enumerate(job.attribute_names)
+        ]
+    return rows
+
+
+def _run_fixed_epsilon_job(
+    job: Job, attack: Attack, models: Mapping[str, nn.Module], x: Tensor, y: Tensor
+) -> list[dict[str, Any]]:
+    assert job.strength is not None
+    epsilon = job.strength
+    clean = {v: predict_all(models[v], x, job.batch_size) == y for v in job.variants}
+    rows = []
+    for a, name in enumerate(job.attribute_names):
+        for source in job.variants:
+            # The same seed for every variant: they face the same random starts.
+            outcome = attack(
+                attribute_view(models[source], a), x, y[:, a], [epsilon], seed=job.seed + a
+            )
+            adversarial, success = outcome.adversarials[epsilon], outcome.success[epsilon]
+            robust = clean[source][:, a] & ~success
+            rows.append(
+                _row(
+                    job,
+                    source,
+                    name,
+                    robust,
+                    success_rate=attack_success_rate(clean[source][:, a], success),
+                )
+            )
+            if not job.transfer:
+                continue
+            for target in job.variants:
+                if target == source:
+                    continue
+                target_correct = predict_all(models[target], adversarial, job.batch_size)[:, a]
+                target_correct = target_correct == y[:, a]
+                fooled = clean[target][:, a] & ~target_correct
+                rows.append(
+                    _row(
+                        job,
+                        target,
+                        name,
+                        clean[target][:, a] & target_correct,
+                        family=Family.TRANSFER,
+                        source_variant=source,
+                        success_rate=attack_success_rate(clean[target][:, a], fooled),
+                    )
+                )
+    return rows
+
+
+def _run_minimisation_job(
+    job: Job, attack: Attack, models: Mapping[str, nn.Module], x: Tensor, y: Tensor
+) -> list[dict[str, Any]]:
+    rows = []
+    for variant in job.variants:
+        clean = predict_all(models[variant], x, job.batch_size) == y
+        for a, name in enumerate(job.attribute_names):
+            outcome = attack(
+                attribute_view(models[variant], a),
+                x,
+                y[:, a],
+                list(job.epsilons),
+                seed=job.seed + a,
+            )
+            assert outcome.distances is not None
+            distances = outcome.distances
+            median = median_distance(distances.numpy(), clean[:, a].numpy())
+            for epsilon in job.epsilons:
+                broken = distances <= epsilon
+                rows.append(
+                    _row(
+                        job,
+                        variant,
+                        name,
+                        clean[:, a] & ~broken,
+                        epsilon=epsilon,
+                        success_rate=attack_success_rate(clean[:, a], broken),
+                        median=median,
+                    )
+                )
+    return rows
+
+
+def shards(n_samples: int, shard_size: int) -> list[tuple[int, int]]:
+    return [(s, min(s + shard_size, n_samples)) for s in range(0, n_samples, shard_size)]
+
+
+def expand_sweep(
+    robustness: Any,
+    *,
+    variants: Sequence[str],
+    attribute_names: Sequence[str],
+    n_available: int,
+    run_seed: int,
+) -> list[Job]:
+    """All jobs of a `RobustnessConfig`, in a stable order. Sample counts are capped by the
+    size of the evaluation split (`n_available`)."""
+    common = {
+        "variants": tuple(variants),
+        "attribute_names": tuple(attribute_names),
+        "run_seed": run_seed,
+        "batch_size": robustness.batch_size,
+    }
+
+    def sharded(n: int) -> list[tuple[int, int]]:
+        return shards(min(n, n_available), robustness.shard_size)
+
+    largest = max(
+        robustness.noise.n_samples,
+        robustness.corruptions.n_samples,
+        robustness.attacks.n_samples,
+    )
+    jobs = [
+        Job(Family.CLEAN, NO_PERTURBATION, start, stop, **common)
+        for start, stop in sharded(largest)
+    ]
+    for name in robustness.noise.types:
+        for strength in robustness.noise.strengths:
+            jobs += [
+                Job(Family.NOISE, name, start, stop, strength=float(strength), **common)
+                for start, stop in sharded(robustness.noise.n_samples)
+            ]
+    for name in robustness.corruptions.resolved_names():
+        for severity in robustness.corruptions.severities:
+            jobs += [
+                Job(Family.CORRUPTION, name, start, stop, strength=float(severity), **common)
+                for start, stop in sharded(robustness.corruptions.n_samples)
+            ]
+    attacks = robustness.attacks
+    for method in attacks.methods:
+        cls_instance = create_perturbation(method.name, **method.params)
+        assert isinstance(cls_instance, Attack)
+        params = tuple(sorted(method.params.items()))
+        epsilons = tuple(float(e) for e in attacks.epsilons_for(method))
+        for start, stop in sharded(method.n_samples or attacks.n_samples):
+            if cls_instance.minimization:
+                jobs.append(
+                    Job(
+                        Family.ADVERSARIAL,
+                        method.name,
+                        start,
+                        stop,
+                        epsilons=epsilons,
+                        params=params,
+                        **common,
+                    )
+                )
+                continue
+            jobs += [
+                Job(
+                    Family.ADVERSARIAL,
+                    method.name,
+                    start,
+                    stop,
+                    strength=epsilon,
+                    params=params,
+                    transfer=attacks.transfer and len(variants) > 1,
+                    **common,
+                )
+                for epsilon in epsilons
+            ]
+    return jobs
+
+
+__all__ = ["NO_PERTURBATION", "Job", "expand_sweep", "run_job", "shards"]

@@ -1,0 +1,437 @@
+"""The run directory's result files: part files, `results.csv`, `summary.csv`, failures, timings.
+
+- `parts/<job_id>.csv`: one per finished job, written atomically as soon as it finishes. Its
+  rows carry the per-sample outcomes that the summary pairs on. A rerun skips every job whose
+  part file exists (resume).
+- `results.csv`: all parts merged, one row per job × variant × attribute (× ε, source), with
+  accuracy and a Wilson 95% CI, sorted by a stable key so that the same config and seed give a
+  byte-identical file.
+- `summary.csv`: aggregates per (variant, attribute) at three levels (see `summarize`), with
+  CIs, paired differences against the normal model, McNemar p-values, AUC, mCE and the
+  adversarial sanity flags.
+- `failures.csv`: job_id, spec, error, attempts. `timings.csv`: job_id, node, worker, attempts,
+  wall_s (never in results.csv, which must not depend on where a job ran).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from iamt.io import write_csv
+from robustness.jobs import Job
+from robustness.metrics import (
+    area_under_curve,
+    corruption_errors,
+    paired_difference,
+    wilson_interval,
+)
+from robustness.perturbations import Family, get_perturbation_class
+from robustness.sanity import CHECKS, all_passed, sanity_flags
+
+NORMAL = "normal"
+
+RESULT_COLUMNS = [
+    "run",
+    "dataset",
+    "job_id",
+    "variant",
+    "transform",
+    "attribute",
+    "family",
+    "perturbation",
+    "severity",
+    "epsilon",
+    "source_variant",
+    "n",
+    "correct",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    "success_rate",
+    "median_distance",
+    "seed",
+]
+PART_COLUMNS = [
+    "job_id",
+    "variant",
+    "attribute",
+    "family",
+    "perturbation",
+    "severity",
+    "epsilon",
+    "source_variant",
+    "n",
+    "correct",
+    "success_rate",
+    "median_distance",
+    "seed",
+    "shard_start",
+    "outcomes",
+]
+CONDITION = ["family", "perturbation", "severity", "epsilon", "source_variant"]
+SORT_KEY = ["family", "perturbation", "severity", "epsilon", "attribute", "variant"]
+SORT_KEY += ["source_variant", "shard_start", "job_id"]
+FAILURE_COLUMNS = ["job_id", "spec", "error", "attempts"]
+TIMING_COLUMNS = ["job_id", "node", "worker", "attempts", "wall_s"]
+SANITY_COLUMNS = [f"sanity_{check}" for check in CHECKS] + ["sanity_all"]
+SUMMARY_COLUMNS = [
+    "level",
+    "variant",
+    "transform",
+    "attribute",
+    "family",
+    "perturbation",
+    "severity",
+    "epsilon",
+    "source_variant",
+    "n",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    "success_rate",
+    "median_distance",
+    "difference",
+    "diff_ci_low",
+    "diff_ci_high",
+    "mcnemar_p",
+    "auc",
+    "mce",
+    "relative_mce",
+    *SANITY_COLUMNS,
+]
+
+
+# --------------------------------------------------------------------------- part files
+
+
+def parts_dir(run_dir: Path) -> Path:
+    return run_dir / "parts"
+
+
+def part_path(run_dir: Path, job_id: str) -> Path:
+    return parts_dir(run_dir) / f"{job_id}.csv"
+
+
+def write_part(run_dir: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    if not rows:
+        raise ValueError("a job produced no rows")
+    frame = pd.DataFrame(list(rows), columns=PART_COLUMNS)
+    write_csv(part_path(run_dir, str(rows[0]["job_id"])), frame)
+
+
+def finished_job_ids(run_dir: Path) -> set[str]:
+    folder = parts_dir(run_dir)
+    return {path.stem for path in folder.glob("*.csv")} if folder.is_dir() else set()
+
+
+def read_parts(run_dir: Path, job_ids: Iterable[str]) -> pd.DataFrame:
+    frames = [
+        pd.read_csv(part_path(run_dir, job_id), dtype={"outcomes": str, "source_variant": str})
+        for job_id in sorted(job_ids)
+    ]
+    if not frames:
+        return pd.DataFrame(columns=PART_COLUMNS)
+    return pd.concat(frames, ignore_index=True)
+
+
+# --------------------------------------------------------------------------- results.csv
+
+
+def merge_results(
+    parts: pd.DataFrame, *, run: str, dataset: str, transforms: Mapping[str, str]
+) -> pd.DataFrame:
+    """One row per part row, with accuracy and its Wilson CI; a stable, total order."""
+    frame = parts.copy()
+    frame["run"] = run
+    frame["dataset"] = dataset
+    frame["transform"] = frame["variant"].map(transforms)
+    frame["accuracy"] = frame["correct"] / frame["n"]
+    intervals = [
+        wilson_interval(int(c), int(n)) for c, n in zip(frame["correct"], frame["n"], strict=True)
+    ]
+    frame["ci_low"] = [low for low, _ in intervals]
+    frame["ci_high"] = [high for _, high in intervals]
+    frame = _sorted(frame)
+    return frame[RESULT_COLUMNS]
+
+
+def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
+    # NaN sorts last; the key is total (job_id breaks every remaining tie).
+    return frame.sort_values(SORT_KEY, na_position="first", kind="mergesort").reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- summary.csv
+
+
+def _outcomes(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenated per-sample correctness (bool) and sample ids of the rows in `frame`."""
+    correct, ids = [], []
+    for text, start in zip(frame["outcomes"], frame["shard_start"], strict=True):
+        bits = np.frombuffer(str(text).encode(), dtype=np.uint8) == ord("1")
+        correct.append(bits)
+        ids.append(np.arange(int(start), int(start) + len(bits)))
+    if not correct:
+        return np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64)
+    return np.concatenate(correct), np.concatenate(ids)
+
+
+def _key(frame: pd.DataFrame) -> pd.Series:
+    """A per-row identity of (condition, sample shard) that is the same for every variant."""
+    columns = ["perturbation", "severity", "epsilon", "source_variant", "shard_start"]
+    keys = [
+        "|".join(str(value) for value in values)
+        for values in zip(*(frame[c] for c in columns), strict=True)
+    ]
+    return pd.Series(keys, index=frame.index)
+
+
+def _paired(
+    group: pd.DataFrame, normal: pd.DataFrame, *, clusters: bool, seed: int
+) -> dict[str, float]:
+    """Paired comparison of `group` (one variant) against the normal rows of the same
+    conditions and shards. Pairs only what both have."""
+    mine, theirs = group.assign(_k=_key(group)), normal.assign(_k=_key(normal))
+    common = sorted(set(mine["_k"]) & set(theirs["_k"]))
+    if not common:
+        return {}
+    a, sample_ids = _outcomes(theirs.set_index("_k").loc[common].reset_index())
+    b, _ = _outcomes(mine.set_index("_k").loc[common].reset_index())
+    result = paired_difference(a, b, seed=seed, clusters=sample_ids if clusters else None)
+    return {
+        "difference": result.difference,
+        "diff_ci_low": result.ci_low,
+        "diff_ci_high": result.ci_high,
+        "mcnemar_p": result.mcnemar_p,
+    }
+
+
+def _accuracy(group: pd.DataFrame) -> dict[str, float]:
+    correct, n = int(group["correct"].sum()), int(group["n"].sum())
+    low, high = wilson_interval(correct, n)
+    return {"n": n, "accuracy": correct / n, "ci_low": low, "ci_high": high}
+
+
+def _success_rate(group: pd.DataFrame, clean: pd.DataFrame) -> float:
+    """Pooled success among clean-correct samples: robust ⊆ clean-correct, so success =
+    1 − robust / clean-correct, counted on the samples the group covers."""
+    robust, ids = _outcomes(group)
+    clean_correct, clean_ids = _outcomes(clean)
+    lookup = dict(zip(clean_ids.tolist(), clean_correct.tolist(), strict=True))
+    initially = sum(lookup.get(int(i), False) for i in ids)
+    return float("nan") if initially == 0 else 1.0 - float(robust.sum()) / initially
+
+
+def summarize(parts: pd.DataFrame, *, transforms: Mapping[str, str], seed: int = 0) -> pd.DataFrame:
+    """Aggregate the part rows into `summary.csv`, one row per (level, variant, attribute, …):
+
+    - `condition`: one perturbation at one strength (pooled over shards), paired against the
+      normal model on the same samples (pair bootstrap);
+    - `perturbation`: one perturbation pooled over its strengths, with the AUC of accuracy
+      against strength (noise, from strength 0 = clean);
+    - `family`: everything of one family pooled, the headline comparison; the bootstrap
+      resamples *images* (clusters), since each image appears under many perturbations.
+      Corruption rows add mCE and relative mCE (baseline: the normal model), adversarial rows
+      the sanity checklist of the variant and attribute.
+    """
+    rows: list[dict[str, Any]] = []
+    normal_rows = parts[parts["variant"] == NORMAL]
+    clean_parts = parts[parts["family"] == Family.CLEAN.value]
+    for (variant, attribute), group in parts.groupby(["variant", "attribute"], sort=True):
+        normal = normal_rows[normal_rows["attribute"] == attribute]
+        clean = clean_parts[
+            (clean_parts["variant"] == variant) & (clean_parts["attribute"] == attribute)
+        ]
+        base = {
+            "variant": variant,
+            "transform": transforms.get(str(variant)),
+            "attribute": attribute,
+        }
+        sanity = _sanity(group, clean)
+        for family, family_rows in group.groupby("family", sort=True):
+            compare = variant != NORMAL and family != Family.TRANSFER.value
+            # Condition level.
+            keys = ["perturbation", "severity", "epsilon", "source_variant"]
+            for condition, rows_here in family_rows.groupby(keys, dropna=False, sort=True):
+                row = {**base, "level": "condition", "family": family}
+                row.update(dict(zip(keys, condition, strict=True)))
+                row.update(_accuracy(rows_here))
+                if family in (Family.ADVERSARIAL.value, Family.TRANSFER.value):
+                    row["success_rate"] = _success_rate(rows_here, clean)
+                    row["median_distance"] = _pooled_median(rows_here)
+                if compare:
+                    row.update(_paired(rows_here, normal, clusters=False, seed=seed))
+                rows.append(row)
+            # Perturbation level (noise and corruptions: pooled over strengths).
+            if family in (Family.NOISE.value, Family.CORRUPTION.value):
+                for perturbation, rows_here in family_rows.groupby("perturbation", sort=True):
+                    row = {**base, "level": "perturbation", "family": family}
+                    row["perturbation"] = perturbation
+                    row.update(_accuracy(rows_here))
+                    if family == Family.NOISE.value:
+                        row["auc"] = _auc(rows_here, clean)
+                    if compare:
+                        row.update(_paired(rows_here, normal, clusters=True, seed=seed))
+                    rows.append(row)
+            # Family level: the headline.
+            row = {**base, "level": "family", "family": family}
+            row.update(_accuracy(family_rows))
+            if compare:
+                row.update(_paired(family_rows, normal, clusters=True, seed=seed))
+            if family == Family.CORRUPTION.value:
+                row.update(_mce(family_rows, clean, normal, normal_rows))
+            if family == Family.ADVERSARIAL.value:
+                row.update(sanity)
+            rows.append(row)
+    frame = pd.DataFrame(rows)
+    for column in SUMMARY_COLUMNS:
+        if column not in frame:
+            frame[column] = np.nan
+    level_order = {"family": 0, "perturbation": 1, "condition": 2}
+    frame = frame.assign(_level=frame["level"].map(level_order)).sort_values(
+        ["_level", "family", "attribute", "variant", "perturbation", "severity", "epsilon"],
+        na_position="first",
+        kind="mergesort",
+    )
+    return frame[SUMMARY_COLUMNS].reset_index(drop=True)
+
+
+def _pooled_median(group: pd.DataFrame) -> float:
+    """Median minimal distance. Exact for one shard; with several, the n-weighted mean of the
+    shard medians (the part files keep medians, not every distance)."""
+    values = group.dropna(subset=["median_distance"])
+    if values.empty:
+        return float("nan")
+    if len(values["shard_start"].unique()) == 1:
+        return float(values["median_distance"].iloc[0])
+    weights = values["n"] / values["n"].sum()
+    return float((values["median_distance"] * weights).sum())
+
+
+def _auc(group: pd.DataFrame, clean: pd.DataFrame) -> float:
+    """Area under accuracy vs strength, from strength 0 (the clean accuracy on these samples)."""
+    curve = group.groupby("epsilon")[["correct", "n"]].sum()
+    strengths = [0.0, *curve.index.astype(float).tolist()]
+    _, ids = _outcomes(group)
+    clean_correct, clean_ids = _outcomes(clean)
+    covered = np.isin(clean_ids, np.unique(ids))
+    clean_accuracy = float(clean_correct[covered].mean()) if covered.any() else float("nan")
+    accuracies = [clean_accuracy, *(curve["correct"] / curve["n"]).tolist()]
+    return area_under_curve(strengths, accuracies)
+
+
+def _mce(
+    mine: pd.DataFrame, clean: pd.DataFrame, normal: pd.DataFrame, normal_all: pd.DataFrame
+) -> dict[str, float]:
+    """mCE and relative mCE of this variant, with the normal model as the baseline."""
+    baseline = normal[normal["family"] == Family.CORRUPTION.value]
+    attribute = mine["attribute"].iloc[0]
+    normal_clean = normal_all[
+        (normal_all["family"] == Family.CLEAN.value) & (normal_all["attribute"] == attribute)
+    ]
+    if baseline.empty or clean.empty or normal_clean.empty:
+        return {}
+
+    def table(frame: pd.DataFrame) -> dict[str, list[float]]:
+        errors = frame.groupby(["perturbation", "severity"])[["correct", "n"]].sum()
+        errors = 1 - errors["correct"] / errors["n"]
+        return {str(p): errors.loc[p].sort_index().tolist() for p in errors.index.levels[0]}
+
+    def error(frame: pd.DataFrame) -> float:
+        return 1 - float(frame["correct"].sum()) / float(frame["n"].sum())
+
+    summary = corruption_errors(table(mine), table(baseline), error(clean), error(normal_clean))
+    return {"mce": summary.mce, "relative_mce": summary.relative_mce}
+
+
+def _curve(frame: pd.DataFrame, value: str) -> dict[float, float]:
+    grouped = frame.groupby("epsilon")[["correct", "n"]].sum()
+    if value == "accuracy":
+        return {float(e): float(r.correct / r.n) for e, r in grouped.iterrows()}
+    return {float(e): float(v) for e, v in frame.groupby("epsilon")["success_rate"].mean().items()}
+
+
+def _sanity(group: pd.DataFrame, clean: pd.DataFrame) -> dict[str, Any]:
+    """The Carlini et al. checklist for one (variant, attribute), computed per norm (L∞, L2)
+    and combined: a check fails if it fails for any norm, passes if it passes for one."""
+    adversarial = group[group["family"] == Family.ADVERSARIAL.value]
+    transfer = group[group["family"] == Family.TRANSFER.value]
+    if adversarial.empty:
+        return {}
+    per_norm: list[dict[str, bool | None]] = []
+    for norm in ("linf", "l2"):
+        accuracy, success, decision = {}, {}, None
+        for name, rows in adversarial.groupby("perturbation"):
+            cls = get_perturbation_class(str(name))
+            if getattr(cls, "norm", None) != norm:
+                continue
+            if name == "boundary":
+                decision = _curve(rows, "success")
+                continue
+            accuracy[str(name)] = _curve(rows, "accuracy")
+            success[str(name)] = _curve(rows, "success")
+        norm_transfer = transfer[
+            transfer["perturbation"].map(lambda p: getattr(get_perturbation_class(p), "norm", ""))
+            == norm
+        ]
+        transfer_success = None
+        if not norm_transfer.empty:
+            transfer_success = {
+                float(e): float(v)
+                for e, v in norm_transfer.groupby("epsilon")["success_rate"].max().items()
+            }
+        if accuracy:
+            per_norm.append(
+                sanity_flags(
+                    accuracy,
+                    success,
+                    transfer_success=transfer_success,
+                    decision_based_success=decision,
+                )
+            )
+    combined: dict[str, bool | None] = {}
+    for check in CHECKS:
+        values = [flags[check] for flags in per_norm]
+        if any(v is False for v in values):
+            combined[check] = False
+        elif any(v is True for v in values):
+            combined[check] = True
+        else:
+            combined[check] = None
+    result: dict[str, Any] = {f"sanity_{k}": v for k, v in combined.items()}
+    result["sanity_all"] = all_passed(combined)
+    return result
+
+
+# --------------------------------------------------------------------------- failures, timings
+
+
+def write_failures(run_dir: Path, failures: Sequence[Mapping[str, Any]]) -> None:
+    frame = pd.DataFrame(list(failures), columns=FAILURE_COLUMNS).sort_values(
+        "job_id", kind="mergesort"
+    )
+    write_csv(run_dir / "failures.csv", frame)
+
+
+def failure_record(job: Job, error: BaseException, attempts: int) -> dict[str, Any]:
+    return {
+        "job_id": job.job_id,
+        "spec": json.dumps(job.spec(), sort_keys=True),
+        "error": f"{type(error).__name__}: {error}",
+        "attempts": attempts,
+    }
+
+
+def write_timings(run_dir: Path, timings: Sequence[Mapping[str, Any]]) -> None:
+    """Merge with earlier timings (a resumed run keeps the first run's records)."""
+    path = run_dir / "timings.csv"
+    frame = pd.DataFrame(list(timings), columns=TIMING_COLUMNS)
+    if path.is_file():
+        earlier = pd.read_csv(path)
+        frame = pd.concat([earlier[~earlier["job_id"].isin(frame["job_id"])], frame])
+    write_csv(path, frame.sort_values("job_id", kind="mergesort"))

@@ -1,0 +1,205 @@
+"""Running a robustness sweep on a trained run directory, in one process.
+
+`prepare_sweep` loads what every job needs (the checkpoint, its variants, the evaluation
+split) and expands the config into jobs; `run_sweep_locally` runs the unfinished ones with a
+progress bar; `finish_sweep` merges the parts into `results.csv` and `summary.csv`. The Ray
+fan-out (cluster/sweep.py) reuses `prepare_sweep` and `finish_sweep` and replaces only the
+loop in between.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from iamt.checkpoint import load_checkpoint
+from iamt.config import RunConfig, config_to_yaml
+from iamt.data import Split, as_tensors, load_split
+from iamt.importance import importance_from_table
+from iamt.io import write_csv, write_json, write_text
+from iamt.workflow import CHECKPOINT_STEM, NORMAL, RunDirectoryError, parse_variants
+from robustness.jobs import Job, expand_sweep, run_job
+from robustness.results import (
+    failure_record,
+    finished_job_ids,
+    merge_results,
+    read_parts,
+    summarize,
+    write_failures,
+    write_part,
+    write_timings,
+)
+
+
+@dataclass
+class Sweep:
+    run_dir: Path
+    config: RunConfig
+    models: dict[str, nn.Module]
+    transforms: dict[str, str]
+    images: Tensor  # (N, 3, H, W) the evaluation split
+    labels: Tensor  # (N, A)
+    jobs: list[Job]
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    timings: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def pending(self) -> list[Job]:
+        done = finished_job_ids(self.run_dir)
+        return [job for job in self.jobs if job.job_id not in done]
+
+
+def load_variants(run_dir: Path, config: RunConfig) -> tuple[dict[str, nn.Module], dict[str, str]]:
+    """The normal model from the checkpoint, and every emphasized view of it."""
+    stem = run_dir / CHECKPOINT_STEM
+    model, _ = load_checkpoint(stem)
+    importance_path = run_dir / "importance.csv"
+    if not importance_path.is_file():
+        raise RunDirectoryError(f"{importance_path} is missing: run `iamt train` first")
+    import pandas as pd
+
+    importance = importance_from_table(
+        pd.read_csv(importance_path), model.architecture.attribute_names
+    )
+    models: dict[str, nn.Module] = {}
+    transforms: dict[str, str] = {}
+    for name, transform in parse_variants(config).items():
+        models[name] = model if name == NORMAL else model.with_transform(transform, importance)
+        models[name].eval()
+        transforms[name] = transform.spec()
+    return models, transforms
+
+
+def prepare_sweep(run_dir: Path, config: RunConfig) -> Sweep:
+    if not (run_dir / CHECKPOINT_STEM).with_suffix(".json").is_file():
+        raise RunDirectoryError(
+            f"{run_dir} holds no trained model ({CHECKPOINT_STEM}.json); run `iamt train` first"
+        )
+    models, transforms = load_variants(run_dir, config)
+    robustness = config.robustness
+    largest = max(
+        [robustness.noise.n_samples, robustness.corruptions.n_samples, robustness.attacks.n_samples]
+        + [m.n_samples or 0 for m in robustness.attacks.methods]
+    )
+    dataset = load_split(config.data, Split(robustness.split), config.seed)
+    images, labels = as_tensors(dataset, largest)
+    attribute_names = [spec.name for spec in dataset.attributes]
+    jobs = expand_sweep(
+        robustness,
+        variants=list(models),
+        attribute_names=attribute_names,
+        n_available=len(images),
+        run_seed=config.seed,
+    )
+    ids = [job.job_id for job in jobs]
+    if len(set(ids)) != len(ids):
+        raise AssertionError("two jobs of one sweep share a job_id")
+    return Sweep(run_dir, config, models, transforms, images, labels, jobs)
+
+
+def timed_run(job: Job, sweep: Sweep) -> tuple[list[dict[str, Any]], float]:
+    start = time.perf_counter()
+    rows = run_job(job, sweep.models, sweep.images, sweep.labels)
+    return rows, time.perf_counter() - start
+
+
+def run_sweep_locally(
+    sweep: Sweep,
+    *,
+    show_progress: bool = True,
+    on_update: Callable[[int, int, int], None] | None = None,
+) -> None:
+    """Run every pending job in this process. A job that raises is recorded, not fatal."""
+    pending = sweep.pending
+    total = len(sweep.jobs)
+    done = total - len(pending)
+    with tqdm(
+        total=total, initial=done, desc="sweep", unit="job", disable=not show_progress
+    ) as bar:
+        for job in pending:
+            bar.set_postfix_str(f"{job.describe()} failed={len(sweep.failures)}")
+            try:
+                rows, wall = timed_run(job, sweep)
+            except Exception as error:  # any job error is recorded; the sweep goes on
+                sweep.failures.append(failure_record(job, error, attempts=1))
+            else:
+                write_part(sweep.run_dir, rows)
+                sweep.timings.append(
+                    {
+                        "job_id": job.job_id,
+                        "node": socket.gethostname(),
+                        "worker": f"pid-{os.getpid()}",
+                        "attempts": 1,
+                        "wall_s": round(wall, 3),
+                    }
+                )
+                done += 1
+            bar.update(1)
+            if on_update is not None:
+                on_update(done, len(sweep.failures), total)
+
+
+def finish_sweep(sweep: Sweep) -> dict[str, Any]:
+    """Merge parts into results.csv, aggregate summary.csv, write failures and timings."""
+    run_dir, config = sweep.run_dir, sweep.config
+    wanted = {job.job_id for job in sweep.jobs}
+    finished = finished_job_ids(run_dir) & wanted
+    parts = read_parts(run_dir, finished)
+    results = merge_results(
+        parts, run=config.name, dataset=config.data.name.value, transforms=sweep.transforms
+    )
+    write_csv(run_dir / "results.csv", results)
+    write_csv(
+        run_dir / "summary.csv", summarize(parts, transforms=sweep.transforms, seed=config.seed)
+    )
+    write_failures(run_dir, sweep.failures)
+    write_timings(run_dir, sweep.timings)
+    return {"total": len(sweep.jobs), "done": len(finished), "failed": len(sweep.failures)}
+
+
+def update_manifest(run_dir: Path, **fields: Any) -> None:
+    path = run_dir / "manifest.json"
+    manifest: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    manifest.update(fields)
+    write_json(path, manifest)
+
+
+def evaluate_run(
+    run_dir: Path, config: RunConfig, *, show_progress: bool = True
+) -> Mapping[str, Any]:
+    """`iamt evaluate`: the configured sweep in one process, no Ray."""
+    sweep = prepare_sweep(run_dir, config)
+    write_text(run_dir / "config.yaml", config_to_yaml(config))
+    started = time.perf_counter()
+
+    def progress(done: int, failed: int, total: int) -> None:
+        update_manifest(
+            run_dir,
+            status="running",
+            stage="sweep",
+            jobs={"total": total, "done": done, "failed": failed},
+        )
+
+    progress(len(sweep.jobs) - len(sweep.pending), 0, len(sweep.jobs))
+    torch.set_grad_enabled(True)  # attacks need gradients
+    run_sweep_locally(sweep, show_progress=show_progress, on_update=progress)
+    counts = finish_sweep(sweep)
+    status = "done" if counts["failed"] == 0 else "failed"
+    update_manifest(
+        run_dir,
+        status=status,
+        stage="done",
+        jobs=counts,
+        sweep_seconds=round(time.perf_counter() - started, 2),
+    )
+    return counts
