@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from iamt.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
-from iamt.config import Backbone, ConfigError, RunConfig, config_to_yaml
+from iamt.config import Backbone, ConfigError, RunConfig, config_to_yaml, parse_config
 from iamt.data import Split, TensorAttributeDataset, load_split
 from iamt.importance import channel_importance, importance_table, localisation_ratio
 from iamt.io import write_csv, write_json, write_text
@@ -72,12 +72,19 @@ def parse_variants(config: RunConfig) -> dict[str, MaskTransform]:
     return variants
 
 
-def check_run_directory(run_dir: Path, config: RunConfig, *, force: bool) -> None:
-    """Refuse to mix two configs in one run directory (unless `force`), or an unwritable one."""
+def check_run_directory(
+    run_dir: Path, config: RunConfig, *, force: bool, ignore: tuple[str, ...] = ()
+) -> None:
+    """Refuse to mix two configs in one run directory (unless `force`), or an unwritable one.
+
+    `ignore` names top-level sections that may differ (training ignores `robustness`)."""
     existing = run_dir / "config.yaml"
     if existing.is_file() and not force:
-        old = yaml.safe_load(existing.read_text()) or {}
+        old = _resolved(yaml.safe_load(existing.read_text()) or {})
         new = config.model_dump(mode="json")
+        for section in ignore:
+            old.pop(section, None)
+            new.pop(section, None)
         changed = _diff_keys(old, new)
         if changed:
             raise RunDirectoryError(
@@ -87,6 +94,15 @@ def check_run_directory(run_dir: Path, config: RunConfig, *, force: bool) -> Non
     probe = run_dir if run_dir.exists() else _first_existing_parent(run_dir)
     if not os.access(probe, os.W_OK | os.X_OK):
         raise RunDirectoryError(f"output directory {str(probe)!r} is not writable")
+
+
+def _resolved(raw: dict[str, Any]) -> dict[str, Any]:
+    """A stored config with its defaults filled in, so only real changes show up in a diff.
+    One that no longer validates is compared as written."""
+    try:
+        return parse_config(raw).model_dump(mode="json")
+    except ConfigError:
+        return raw
 
 
 def _first_existing_parent(path: Path) -> Path:
@@ -116,7 +132,8 @@ def train_run(
 ) -> TrainRunSummary:
     # 1. Validate everything cheap before writing anything.
     variants = parse_variants(config)
-    check_run_directory(run_dir, config, force=force)
+    # The robustness section does not change the model; `iamt evaluate --set` may edit it.
+    check_run_directory(run_dir, config, force=force, ignore=("robustness",))
     device = resolve_device(config.train.device)
     if config.train.num_threads is not None:
         torch.set_num_threads(config.train.num_threads)

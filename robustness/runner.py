@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -66,8 +67,6 @@ def load_variants(run_dir: Path, config: RunConfig) -> tuple[dict[str, nn.Module
     importance_path = run_dir / "importance.csv"
     if not importance_path.is_file():
         raise RunDirectoryError(f"{importance_path} is missing: run `iamt train` first")
-    import pandas as pd
-
     importance = importance_from_table(
         pd.read_csv(importance_path), model.architecture.attribute_names
     )

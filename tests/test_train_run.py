@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -140,3 +141,14 @@ def test_demo_config_meets_the_acceptance_bar(tmp_path: Path) -> None:
         assert summary.localisation[attribute] >= 1.5, summary.localisation
     # Background texture lives outside the object: its masks must not prefer the object.
     assert summary.localisation["background"] < summary.localisation["shape"]
+
+
+def test_a_changed_robustness_section_does_not_block_training(
+    tiny_run: TrainRunSummary, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "copy"
+    shutil.copytree(tiny_run.run_dir, run_dir)
+    edited = {**TINY, "robustness": {"noise": {"n_samples": 7}}}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(edited))
+    again = train_run(parse_config(TINY), run_dir, show_progress=False)
+    assert not again.trained  # the checkpoint of the same training config is reused
