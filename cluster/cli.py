@@ -2,6 +2,8 @@
 
     iamt train CONFIG [--set key=value ...] [--out RUN_DIR] [--force]
     iamt evaluate RUN_DIR [--set robustness.key=value ...]
+    iamt report RUN_DIR
+    iamt dashboard [--runs DIR] [--port N] [--host ADDRESS]
 
 `train` runs locally and needs no Ray. Subcommands that fan out over Ray import it lazily,
 so `iamt --help` and `iamt train` start fast.
@@ -67,6 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a robustness.* key, e.g. --set robustness.noise.n_samples=200",
     )
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    report = commands.add_parser("report", help="write RUN_DIR/report.html with PNG plots")
+    report.add_argument("run_dir", type=Path)
+    dashboard = commands.add_parser("dashboard", help="serve the Streamlit dashboard")
+    dashboard.add_argument("--runs", type=Path, default=Path("runs"), help="runs directory")
+    dashboard.add_argument("--port", type=int, default=8501)
+    dashboard.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default loopback; see the README before exposing it)",
+    )
     return parser
 
 
@@ -96,9 +108,28 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0 if counts["failed"] == 0 else 1
 
 
+def _report(args: argparse.Namespace) -> int:
+    from dashboards.report import write_report
+
+    path = write_report(args.run_dir)
+    print(f"wrote {path}")
+    return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from dashboards.launch import run_dashboard
+
+    return run_dashboard(args.runs, port=args.port, host=args.host)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": _train, "evaluate": _evaluate}
+    handlers = {
+        "train": _train,
+        "evaluate": _evaluate,
+        "report": _report,
+        "dashboard": _dashboard,
+    }
     try:
         return handlers[args.command](args)
     except USER_ERRORS as error:

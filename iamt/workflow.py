@@ -7,6 +7,7 @@ Writes into the run directory (../shared/DESIGN.md §4):
   checkpoints/       normal.safetensors + normal.json
   importance.csv     attribute, channel, score, rank
   clean.csv          clean accuracy per variant and attribute, with Wilson 95% CIs
+  masks/             samples.safetensors: sample images and their attention masks per variant
 
 Everything that can be checked is checked before the run directory is touched.
 """
@@ -14,6 +15,7 @@ Everything that can be checked is checked before the run directory is touched.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 import subprocess
@@ -26,12 +28,13 @@ from typing import Any
 import pandas as pd
 import torch
 import yaml
+from safetensors.torch import save_file
 
 from iamt.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
 from iamt.config import Backbone, ConfigError, RunConfig, config_to_yaml, parse_config
-from iamt.data import Split, TensorAttributeDataset, load_split
+from iamt.data import Split, TensorAttributeDataset, as_tensors, load_split
 from iamt.importance import channel_importance, importance_table, localisation_ratio
-from iamt.io import write_csv, write_json, write_text
+from iamt.io import atomic_path, write_csv, write_json, write_text
 from iamt.model import Architecture, AttentionNet, build_model
 from iamt.train import (
     channel_statistics,
@@ -209,6 +212,9 @@ def train_run(
     localisation: dict[str, float] = {}
     if isinstance(test_set, TensorAttributeDataset) and test_set.object_masks is not None:
         localisation = localisation_ratio(model, test_set)
+    save_mask_samples(
+        run_dir / "masks" / "samples.safetensors", model, variants, importance, test_set
+    )
     timings["evaluate_s"] = time.perf_counter() - tick
     timings["total_s"] = time.perf_counter() - started
 
@@ -255,6 +261,38 @@ def clean_accuracy(
                 }
             )
     return pd.DataFrame(rows)
+
+
+def save_mask_samples(
+    path: Path,
+    model: AttentionNet,
+    variants: dict[str, MaskTransform],
+    importance: torch.Tensor,
+    dataset: Any,
+    count: int = 16,
+) -> None:
+    """Sample attention masks for the dashboard's gallery, as safetensors (readable with numpy).
+
+    Keys: `images` (K, 3, H, W) float32, `labels` (K, A) int64, and `masks/<variant>/<attribute>`
+    (K, C, h, w) float16 — the masks after each variant's transform. The metadata lists the
+    attribute names, variants and transforms (JSON)."""
+    images, labels = as_tensors(dataset, count)
+    tensors = {"images": images.contiguous(), "labels": labels.contiguous()}
+    device = next(model.parameters()).device
+    names = model.architecture.attribute_names
+    with torch.no_grad():
+        for variant, transform in variants.items():
+            net = model if variant == NORMAL else model.with_transform(transform, importance)
+            masks = net(images.to(device), return_masks=True).masks
+            assert masks is not None
+            for name, mask in zip(names, masks, strict=True):
+                tensors[f"masks/{variant}/{name}"] = mask.half().cpu().contiguous()
+    metadata = {
+        "attributes": json.dumps(list(names)),
+        "variants": json.dumps({v: t.spec() for v, t in variants.items()}),
+    }
+    with atomic_path(path) as temporary:
+        save_file(tensors, str(temporary), metadata=metadata)
 
 
 def _head(dataset: Any, count: int) -> Any:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -27,6 +29,26 @@ TINY = {
 }
 
 
+# A robustness sweep small enough for tests: every family, two strengths each.
+SMALL_SWEEP: dict[str, Any] = {
+    "shard_size": 48,
+    "batch_size": 64,
+    "noise": {"types": ["gaussian", "impulse"], "strengths": [0.05, 0.2], "n_samples": 64},
+    "corruptions": {"names": ["fog", "pixelate"], "severities": [1, 5], "n_samples": 32},
+    "attacks": {
+        "linf_epsilons": [0.01, 0.05],
+        "l2_epsilons": [0.5, 2.0],
+        "n_samples": 16,
+        "methods": [
+            {"name": "fgsm"},
+            {"name": "linf_pgd", "params": {"steps": 3}},
+            {"name": "l2_deepfool", "params": {"steps": 5}, "n_samples": 8},
+            {"name": "boundary", "params": {"steps": 10}, "n_samples": 4},
+        ],
+    },
+}
+
+
 @pytest.fixture
 def tiny_config() -> RunConfig:
     return parse_config(TINY)
@@ -41,3 +63,15 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TrainRunSummary:
 @pytest.fixture(scope="session")
 def tiny_run_dir(tiny_run: TrainRunSummary) -> Path:
     return tiny_run.run_dir
+
+
+@pytest.fixture(scope="session")
+def evaluated_run_dir(tiny_run: TrainRunSummary, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real run directory after `iamt train` and `iamt evaluate` (SMALL_SWEEP), read-only:
+    copy it before writing to it."""
+    from robustness.runner import evaluate_run
+
+    run_dir = tmp_path_factory.mktemp("evaluated") / "tiny"
+    shutil.copytree(tiny_run.run_dir, run_dir)
+    evaluate_run(run_dir, parse_config({**TINY, "robustness": SMALL_SWEEP}), show_progress=False)
+    return run_dir

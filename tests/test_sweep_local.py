@@ -18,25 +18,7 @@ from robustness import runner
 from robustness.jobs import Job, expand_sweep, run_job
 from robustness.perturbations import Family
 from robustness.results import RESULT_COLUMNS, SANITY_COLUMNS
-from tests.conftest import TINY
-
-SMALL_SWEEP: dict[str, Any] = {
-    "shard_size": 48,
-    "batch_size": 64,
-    "noise": {"types": ["gaussian", "impulse"], "strengths": [0.05, 0.2], "n_samples": 64},
-    "corruptions": {"names": ["fog", "pixelate"], "severities": [1, 5], "n_samples": 32},
-    "attacks": {
-        "linf_epsilons": [0.01, 0.05],
-        "l2_epsilons": [0.5, 2.0],
-        "n_samples": 16,
-        "methods": [
-            {"name": "fgsm"},
-            {"name": "linf_pgd", "params": {"steps": 3}},
-            {"name": "l2_deepfool", "params": {"steps": 5}, "n_samples": 8},
-            {"name": "boundary", "params": {"steps": 10}, "n_samples": 4},
-        ],
-    },
-}
+from tests.conftest import SMALL_SWEEP, TINY
 
 
 def _config(**robustness: Any) -> RunConfig:

@@ -152,3 +152,22 @@ def test_a_changed_robustness_section_does_not_block_training(
     (run_dir / "config.yaml").write_text(yaml.safe_dump(edited))
     again = train_run(parse_config(TINY), run_dir, show_progress=False)
     assert not again.trained  # the checkpoint of the same training config is reused
+
+
+def test_mask_samples_are_readable_without_torch(tiny_run: TrainRunSummary) -> None:
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    path = tiny_run.run_dir / "masks" / "samples.safetensors"
+    tensors = load_file(str(path))
+    assert tensors["images"].shape == (16, 3, 32, 32)
+    assert tensors["labels"].shape == (16, 4)
+    for variant in ["normal", "emphasized"]:
+        for attribute in ["shape", "colour", "size", "background"]:
+            assert tensors[f"masks/{variant}/{attribute}"].shape == (16, 16, 8, 8)
+    # topk with alpha=2 doubles the top channels: the emphasized masks differ from normal.
+    assert (tensors["masks/emphasized/shape"] != tensors["masks/normal/shape"]).any()
+    with safe_open(str(path), framework="numpy") as handle:
+        metadata = handle.metadata()
+    assert json.loads(metadata["attributes"]) == ["shape", "colour", "size", "background"]
+    assert json.loads(metadata["variants"])["emphasized"] == "topk:k=4,alpha=2"
