@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup browser demo dashboard test lint format bench clean
 
 setup: $(STAMP)
 
@@ -17,9 +17,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The browser test (tests/test_dashboard_browser.py) drives Debian's chromium through
+# chromium-driver. Installed once, where apt-get works (CI runs as root); elsewhere it skips.
+browser:
+	@test -x /usr/bin/chromedriver || { command -v apt-get >/dev/null \
+		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq chromium chromium-driver >/dev/null) \
+		|| echo "note: chromium/chromium-driver not installed; the browser test will skip"; }
+
 demo: setup
 	$(BIN)/iamt train configs/demo.yaml --out runs/demo
 	$(BIN)/iamt evaluate runs/demo
+	$(BIN)/iamt report runs/demo
+
+dashboard: setup
+	$(BIN)/iamt dashboard --runs runs
 
 lint: setup
 	$(BIN)/ruff check .
@@ -30,7 +42,7 @@ format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: setup lint
+test: setup lint browser
 	$(BIN)/python -m pytest
 
 clean:

@@ -17,13 +17,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from dashboards.rundata import RunDataError
 from iamt.checkpoint import CheckpointError
 from iamt.config import ConfigError, load_config, load_run_config
 from iamt.data import DatasetError
 from iamt.workflow import RunDirectoryError, train_run
 
 # User mistakes: print the message, exit 2, no traceback.
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, RunDirectoryError)
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, RunDirectoryError, RunDataError)
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:

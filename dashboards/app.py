@@ -1,0 +1,477 @@
+"""Streamlit dashboard over the run directories: `streamlit run dashboards/app.py`.
+
+The runs directory comes from IAMT_RUNS_DIR (default "runs"); the run and the page from the
+query parameters `run` and `page` (so a view can be linked), or the sidebar. It only reads
+files (CSV, JSON, YAML, safetensors via numpy): never torch or ray, so it stays light and can
+watch a sweep while it runs. Every file may be missing or half-written: pages show what exists.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+# Streamlit runs this file as a script: make the repository root importable for `dashboards`.
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+from dashboards import charts, rundata  # noqa: E402
+
+PAGES = ("Runs", "Overview", "Noise and corruptions", "Adversarial", "Attention", "Run info")
+REFRESH_S = 5.0  # how often a running run's progress is re-read
+GALLERY_SAMPLES = 8
+GUIDANCE = (
+    "No runs yet in `{root}`: run `make demo` (or `iamt train configs/demo.yaml --out "
+    "runs/demo` then `iamt evaluate runs/demo`), or point `IAMT_RUNS_DIR` at a directory of runs."
+)
+
+
+def runs_root() -> Path:
+    return Path(os.environ.get("IAMT_RUNS_DIR", "runs"))
+
+
+# --- cached loaders: keyed by (path, mtime), so a file rewritten mid-run is read again --------
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def _cached_csv(path: str, mtime: float) -> pd.DataFrame:
+    del mtime  # part of the cache key only
+    return rundata.read_csv(Path(path))
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _cached_masks(run_dir: str, mtime: float) -> rundata.MaskSamples | None:
+    del mtime
+    return rundata.read_masks(Path(run_dir))
+
+
+def load_csv(run_dir: Path, filename: str) -> pd.DataFrame | None:
+    """The CSV, or None when missing (quietly) or malformed (with an error naming the file)."""
+    path, mtime = rundata.file_key(run_dir / filename)
+    if mtime < 0:
+        return None
+    try:
+        return _cached_csv(path, mtime)
+    except rundata.RunDataError as error:
+        st.error(f"Cannot read `{filename}`: {error}")
+        return None
+
+
+def load_masks(run_dir: Path) -> rundata.MaskSamples | None:
+    _, mtime = rundata.file_key(run_dir / rundata.MASKS)
+    if mtime < 0:
+        return None
+    try:
+        return _cached_masks(str(run_dir), mtime)
+    except rundata.RunDataError as error:
+        st.error(f"Cannot read `{rundata.MASKS}`: {error}")
+        return None
+
+
+def load_manifest(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return rundata.read_manifest(run_dir)
+    except rundata.RunDataError as error:
+        st.error(f"Cannot read `{rundata.MANIFEST}`: {error}")
+        return None
+
+
+def show_chart(build: Callable[..., charts.Chart], *args: Any, **kwargs: Any) -> None:
+    """Draw a chart; data the builder does not expect gives an error box, not a crash."""
+    try:
+        chart = build(*args, **kwargs)
+    except (KeyError, ValueError, TypeError) as error:
+        st.error(f"Cannot draw {build.__name__}: {type(error).__name__}: {error}")
+        return
+    st.altair_chart(chart, width="content")
+
+
+def ci_text(low: Any, high: Any, fmt: str = ".3f") -> str:
+    if pd.isna(low) or pd.isna(high):
+        return ""
+    return f"[{low:{fmt}}, {high:{fmt}}]"
+
+
+def missing(what: str, filename: str) -> None:
+    st.info(f"No {what} yet (`{filename}` is not in this run).")
+
+
+# --- page selection ---------------------------------------------------------------------------
+
+
+def select_page() -> str:
+    requested = st.query_params.get("page", PAGES[0])
+    index = PAGES.index(requested) if requested in PAGES else 0
+    page = st.sidebar.radio("Page", PAGES, index=index)
+    if st.query_params.get("page") != page:
+        st.query_params["page"] = page
+    return str(page)
+
+
+def select_run(root: Path, runs: pd.DataFrame) -> Path | None:
+    """The run picked by ?run= (validated: never a path outside runs_dir) or the sidebar."""
+    names = [str(name) for name in runs["name"]]
+    requested = st.query_params.get("run")
+    if requested is not None:
+        try:
+            rundata.safe_run_dir(root, requested)
+        except rundata.RunDataError as error:
+            st.error(f"Cannot open run: {error}")
+            # No fallback to another run: the user must pick one explicitly.
+            choice = st.sidebar.selectbox("Run", names, index=None, placeholder="pick a run")
+            if choice is None:
+                return None
+            st.query_params["run"] = choice
+            return rundata.safe_run_dir(root, choice)
+        if requested not in names:
+            names.insert(0, requested)
+    if not names:
+        st.info(GUIDANCE.format(root=root))
+        return None
+    index = names.index(requested) if requested in names else 0
+    choice = str(st.sidebar.selectbox("Run", names, index=index))
+    if choice != requested:
+        st.query_params["run"] = choice
+    return rundata.safe_run_dir(root, choice)
+
+
+def run_header(run_dir: Path, manifest: dict[str, Any] | None) -> None:
+    st.caption(f"Run `{run_dir.name}` in `{run_dir.parent}`")
+    if manifest is None:
+        st.warning("This run has no manifest.json yet: showing whatever files exist.")
+        return
+    status = manifest.get("status", "unknown")
+    if status == "running":
+        jobs = manifest.get("jobs") or {}
+        done, total = jobs.get("done", 0), jobs.get("total") or 0
+        stage = manifest.get("stage", "?")
+        st.info(f"Run in progress (stage {stage}, {done}/{total} jobs): showing partial results.")
+    elif status not in ("done", "finished"):
+        st.warning(f"Run status: {status}")
+
+
+# --- pages --------------------------------------------------------------------------------
+
+
+def page_runs(root: Path) -> None:
+    st.title("Runs")
+    runs = rundata.list_runs(root)
+    if runs.empty:
+        st.info(GUIDANCE.format(root=root))
+        return
+    running = bool((runs["status"] == "running").any())
+
+    # Only a running sweep changes: refresh the table then, leave it still otherwise.
+    @st.fragment(run_every=REFRESH_S if running else None)
+    def table() -> None:
+        current = rundata.list_runs(root)
+        st.dataframe(
+            current,
+            hide_index=True,
+            column_config={
+                "progress": st.column_config.ProgressColumn(
+                    "progress", min_value=0.0, max_value=1.0, format="percent"
+                )
+            },
+        )
+        if running:
+            st.caption(f"A run is in progress: this table refreshes every {REFRESH_S:.0f} s.")
+
+    table()
+    st.markdown("Pick a run in the sidebar (or open `?run=<name>&page=Overview`).")
+
+
+def page_overview(run_dir: Path) -> None:
+    st.title("Overview")
+    summary = load_csv(run_dir, "summary.csv")
+    clean = load_csv(run_dir, "clean.csv")
+
+    st.subheader("Clean accuracy")
+    if clean is None and summary is not None:
+        clean = summary[(summary["level"] == "family") & (summary["family"] == "clean")]
+    if clean is None or clean.empty:
+        missing("clean accuracy", "clean.csv")
+    else:
+        show_chart(charts.clean_accuracy_chart, clean)
+        table = clean[["variant", "attribute", "n", "accuracy", "ci_low", "ci_high"]].copy()
+        table["95% CI"] = [
+            ci_text(lo, hi) for lo, hi in zip(table.ci_low, table.ci_high, strict=True)
+        ]
+        st.dataframe(table, hide_index=True)
+
+    st.subheader("Headline: emphasized − normal")
+    if summary is None:
+        missing("summary", "summary.csv")
+        return
+    show_chart(charts.headline_chart, summary)
+    heads = summary[
+        (summary["level"] == "family")
+        & summary["family"].isin(["noise", "corruption", "adversarial", "transfer"])
+        & summary["difference"].notna()
+    ]
+    if not heads.empty:
+        table = heads[
+            [
+                "family",
+                "variant",
+                "attribute",
+                "accuracy",
+                "difference",
+                "diff_ci_low",
+                "diff_ci_high",
+                "mcnemar_p",
+            ]
+        ].copy()
+        table["difference 95% CI"] = [
+            ci_text(lo, hi, "+.4f")
+            for lo, hi in zip(table.diff_ci_low, table.diff_ci_high, strict=True)
+        ]
+        st.dataframe(table, hide_index=True)
+
+    st.subheader("Corruption error (mCE, normal = 1.0)")
+    errors = charts.corruption_errors(summary)
+    if errors.empty:
+        missing("corruption errors", "summary.csv")
+        return
+    pooled = errors.groupby("variant", as_index=False)[["mce", "relative_mce"]].mean()
+    columns = st.columns(max(1, len(pooled)))
+    for column, row in zip(columns, pooled.itertuples(), strict=False):
+        column.metric(f"mCE ({row.variant})", _number(row.mce))
+        column.metric(f"relative mCE ({row.variant})", _number(row.relative_mce))
+    st.caption("Mean over attributes; per attribute:")
+    st.dataframe(errors, hide_index=True)
+
+
+def _number(value: Any) -> str:
+    return "n/a" if pd.isna(value) else f"{float(value):.3f}"
+
+
+def _filters(summary: pd.DataFrame, key: str) -> pd.DataFrame:
+    """Attribute and variant filters shared by the noise/corruption views."""
+    left, right = st.columns(2)
+    attributes = sorted(summary["attribute"].dropna().unique())
+    variants = sorted(summary["variant"].dropna().unique())
+    attribute = left.selectbox("Attribute", ["all (mean)", *attributes], key=f"{key}_attribute")
+    chosen = right.multiselect("Variants", variants, default=variants, key=f"{key}_variants")
+    frame = summary[summary["variant"].isin(chosen)]
+    if attribute != "all (mean)":
+        frame = frame[frame["attribute"] == attribute]
+    return frame
+
+
+def page_noise(run_dir: Path) -> None:
+    st.title("Noise and corruptions")
+    summary = load_csv(run_dir, "summary.csv")
+    if summary is None:
+        missing("noise or corruption results", "summary.csv")
+        return
+    frame = _filters(summary, "noise")
+    st.subheader("Noise: accuracy vs strength")
+    show_chart(charts.strength_curves_chart, frame, "noise")
+    auc = frame[(frame["level"] == "perturbation") & (frame["family"] == "noise")]
+    if not auc.empty:
+        st.caption("Normalised area under accuracy vs noise strength (AUC):")
+        st.dataframe(
+            auc[["perturbation", "variant", "attribute", "auc", "difference", "mcnemar_p"]],
+            hide_index=True,
+        )
+    st.subheader("Corruptions: accuracy vs severity")
+    show_chart(charts.strength_curves_chart, frame, "corruption")
+    st.subheader("Corruptions: accuracy difference vs normal, corruption × severity")
+    show_chart(charts.difference_heatmap, frame, "corruption")
+
+
+def page_adversarial(run_dir: Path) -> None:
+    st.title("Adversarial")
+    summary = load_csv(run_dir, "summary.csv")
+    results = load_csv(run_dir, "results.csv")
+
+    st.subheader("Sanity checklist (Carlini et al., 2019)")
+    if summary is None:
+        missing("sanity flags", "summary.csv")
+    else:
+        sanity = charts.sanity_table(summary)
+        checks = [c for c in sanity.columns if c.startswith("sanity_") and c != "sanity_all"]
+        failed = [
+            f"{check.removeprefix('sanity_')} ({row['variant']}/{row['attribute']})"
+            for _, row in sanity.iterrows()
+            for check in checks
+            if row[check] is False or (not pd.isna(row[check]) and not bool(row[check]))
+        ]
+        if sanity.empty:
+            st.info("No adversarial summary yet.")
+        elif failed:
+            st.error("Sanity checks FAILED: " + "; ".join(failed))
+        else:
+            st.success("All sanity checks pass.")
+        st.dataframe(sanity, hide_index=True)
+
+    st.subheader("Robust accuracy vs ε")
+    source = summary if summary is not None else results
+    if source is None:
+        missing("adversarial results", "summary.csv")
+    else:
+        show_chart(charts.robust_accuracy_chart, source)
+    if results is None:
+        missing("per-job results", "results.csv")
+        return
+    st.subheader("Median minimal perturbation")
+    show_chart(charts.median_distance_chart, results)
+    st.subheader("Transfer matrix")
+    show_chart(charts.transfer_matrix_chart, results)
+    matrix = charts.transfer_matrix(results)
+    if not matrix.empty:
+        st.dataframe(matrix, hide_index=True)
+
+
+def page_attention(run_dir: Path) -> None:
+    st.title("Attention")
+    importance = load_csv(run_dir, "importance.csv")
+    st.subheader("Channel importance")
+    if importance is None:
+        missing("channel importance", "importance.csv")
+    else:
+        show_chart(charts.importance_heatmap, importance)
+
+    st.subheader("Sample attention masks")
+    samples = load_masks(run_dir)
+    if samples is None or not samples.masks:
+        missing("mask samples", str(rundata.MASKS))
+    else:
+        mask_gallery(samples, importance)
+
+    drift_path = run_dir / "drift.csv"
+    if drift_path.is_file():
+        st.subheader("Mask drift vs strength")
+        drift = load_csv(run_dir, "drift.csv")
+        if drift is not None:
+            show_chart(charts.drift_chart, drift)
+
+
+def mask_gallery(samples: rundata.MaskSamples, importance: pd.DataFrame | None) -> None:
+    attributes = samples.attributes or sorted({a for _, a in samples.masks})
+    variants = [v for v in samples.variants if any(k[0] == v for k in samples.masks)] or sorted(
+        {v for v, _ in samples.masks}
+    )
+    left, middle, right = st.columns(3)
+    attribute = left.selectbox("Attribute", attributes, key="mask_attribute")
+    default_channel = 0
+    if importance is not None:
+        top = importance[(importance["attribute"] == attribute) & (importance["rank"] == 1)]
+        if not top.empty:
+            default_channel = int(top["channel"].iloc[0])
+    channels = max(1, samples.channels)
+    channel = middle.number_input(
+        "Channel (default: most important)",
+        min_value=0,
+        max_value=channels - 1,
+        value=min(default_channel, channels - 1),
+        key=f"mask_channel_{attribute}",
+    )
+    chosen = right.multiselect("Variants", variants, default=variants, key="mask_variants")
+    count = min(GALLERY_SAMPLES, samples.images.shape[0])
+    size = 64
+    st.image(
+        [
+            rundata.to_uint8_image(image, max(1, size // image.shape[-1]))
+            for image in samples.images[:count]
+        ],
+        caption=[f"sample {i}" for i in range(count)],
+    )
+    # One shared scale across the variants of a channel, so emphasis shows as brightness.
+    stack = [
+        samples.masks[(v, attribute)][:count, int(channel)]
+        for v in chosen
+        if (v, attribute) in samples.masks
+    ]
+    top = float(np.nanmax(np.stack(stack))) if stack else 1.0
+    for variant in chosen:
+        masks = samples.masks.get((variant, attribute))
+        if masks is None:
+            continue
+        st.image(
+            [rundata.mask_image(mask, size, vmax=top) for mask in masks[:count, int(channel)]],
+            caption=[f"{variant} · ch {channel}" for _ in range(count)],
+        )
+    st.caption(
+        f"Masks of channel {channel} for attribute {attribute}; brightness scaled to the maximum "
+        f"over the variants shown ({top:.3g}). Transforms: "
+        + ", ".join(f"{v} = {samples.variants.get(v, '?')}" for v in chosen)
+    )
+
+
+def page_info(run_dir: Path, manifest: dict[str, Any] | None) -> None:
+    st.title("Run info")
+    st.subheader("Resolved config")
+    try:
+        config = rundata.read_config_text(run_dir)
+    except rundata.RunDataError as error:
+        st.error(f"Cannot read `{rundata.CONFIG}`: {error}")
+        config = None
+    if config is None:
+        missing("config", rundata.CONFIG)
+    else:
+        st.code(config, language="yaml")
+    st.subheader("Manifest")
+    if manifest is None:
+        missing("manifest", rundata.MANIFEST)
+    else:
+        st.json(manifest, expanded=False)
+    st.subheader("Failures")
+    failures = load_csv(run_dir, "failures.csv")
+    if failures is None:
+        missing("failure records", "failures.csv")
+    elif failures.empty:
+        st.success("No failed jobs.")
+    else:
+        st.error(f"{len(failures)} job(s) failed:")
+        st.dataframe(failures, hide_index=True)
+    st.subheader("Downloads")
+    for filename in (*rundata.KNOWN_CSVS, "drift.csv"):
+        path = run_dir / filename
+        if path.is_file():
+            st.download_button(
+                f"Download {filename}",
+                data=path.read_bytes(),
+                file_name=f"{run_dir.name}_{filename}",
+                mime="text/csv",
+                key=f"download_{filename}",
+            )
+
+
+def main() -> None:
+    st.set_page_config(page_title="iamt-robust", layout="wide")
+    root = runs_root()
+    page = select_page()
+    if page == "Runs":
+        page_runs(root)
+        return
+    if not root.is_dir():
+        st.info(GUIDANCE.format(root=root))
+        return
+    run_dir = select_run(root, rundata.list_runs(root))
+    if run_dir is None:
+        return
+    manifest = load_manifest(run_dir)
+    run_header(run_dir, manifest)
+    if page == "Overview":
+        page_overview(run_dir)
+    elif page == "Noise and corruptions":
+        page_noise(run_dir)
+    elif page == "Adversarial":
+        page_adversarial(run_dir)
+    elif page == "Attention":
+        page_attention(run_dir)
+    else:
+        page_info(run_dir, manifest)
+
+
+main()

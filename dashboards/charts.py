@@ -1,0 +1,451 @@
+"""Altair chart builders for the dashboard and the static report.
+
+Each builder is pure: a DataFrame as read by `dashboards.rundata` (the rows of results.csv,
+summary.csv, clean.csv, importance.csv) in, an Altair chart out, with axis titles that carry
+units. The report saves them as PNG with `chart.save(path)` (vl-convert), so nothing here may
+depend on Streamlit. Builders filter the rows they need themselves and accept extra columns.
+"""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+Chart: TypeAlias = alt.Chart | alt.LayerChart | alt.FacetChart | alt.VConcatChart
+
+ACCURACY = "accuracy (fraction)"
+ROBUST_ACCURACY = "robust accuracy (fraction)"
+DIFFERENCE = "accuracy difference, variant − normal (fraction)"
+NORMAL = "normal"
+
+# Attacks whose ε (or minimal distance) is an L∞ distance; every other attack is L2
+# (fgsm and the BIM/PGD/FMN/AutoAttack L∞ variants vs DeepFool, C&W, L2 PGD, Boundary).
+_LINF_ATTACKS = ("fgsm", "linf_pgd", "linf_bim", "linf_fmn", "autoattack_linf")
+
+
+def attack_norm(perturbation: str) -> str:
+    """'L∞' or 'L2': the norm in which an attack's ε and distances are measured."""
+    name = str(perturbation)
+    return "L∞" if name in _LINF_ATTACKS or name.startswith("linf") else "L2"
+
+
+def _empty(message: str) -> alt.Chart:
+    """A placeholder chart (the report still gets a file, the app a visible note)."""
+    frame = pd.DataFrame({"note": [message]})
+    return (
+        alt.Chart(frame)
+        .mark_text(size=14)
+        .encode(text="note:N")
+        .properties(width=400, height=60, title=message)
+    )
+
+
+def _rows(frame: pd.DataFrame, **equal: object) -> pd.DataFrame:
+    mask = pd.Series(True, index=frame.index)
+    for column, value in equal.items():
+        if column not in frame.columns:
+            return frame.iloc[0:0]
+        mask &= frame[column] == value
+    return frame[mask].copy()
+
+
+def clean_accuracy_chart(clean: pd.DataFrame) -> Chart:
+    """Clean accuracy per attribute (x) and variant (colour), Wilson 95% CI as error bars.
+
+    `clean`: clean.csv, or summary.csv rows with family == 'clean' (level 'family')."""
+    frame = clean.copy()
+    if "level" in frame.columns:
+        frame = frame[frame["level"] == "family"]
+    if "family" in frame.columns:
+        frame = frame[frame["family"] == "clean"]
+    if frame.empty:
+        return _empty("no clean accuracy yet")
+    tooltip = [
+        alt.Tooltip("variant:N"),
+        alt.Tooltip("attribute:N"),
+        alt.Tooltip("accuracy:Q", format=".3f"),
+        alt.Tooltip("ci_low:Q", title="95% CI low", format=".3f"),
+        alt.Tooltip("ci_high:Q", title="95% CI high", format=".3f"),
+        alt.Tooltip("n:Q", title="samples"),
+    ]
+    base = alt.Chart(frame).encode(
+        x=alt.X("attribute:N", title="attribute"),
+        xOffset=alt.XOffset("variant:N"),
+        color=alt.Color("variant:N", title="variant"),
+    )
+    bars = base.mark_bar(opacity=0.8).encode(
+        y=alt.Y("accuracy:Q", title=f"clean {ACCURACY}", scale=alt.Scale(domain=[0, 1])),
+        tooltip=tooltip,
+    )
+    errors = base.mark_errorbar(ticks=True, color="black").encode(
+        y=alt.Y("ci_low:Q", title=f"clean {ACCURACY}"), y2="ci_high:Q"
+    )
+    return alt.layer(bars, errors).properties(
+        title="Clean test accuracy (95% Wilson CI)", width=alt.Step(28), height=260
+    )
+
+
+def headline_chart(
+    summary: pd.DataFrame, families: tuple[str, ...] = ("noise", "corruption", "adversarial")
+) -> Chart:
+    """Emphasized − normal accuracy per family (panel) and attribute (x), bootstrap 95% CI bars,
+    McNemar p in the tooltip, a rule at zero. `summary`: summary.csv (level 'family' is used)."""
+    frame = _rows(summary, level="family")
+    frame = frame[frame["family"].isin(families) & (frame["variant"] != NORMAL)]
+    frame = frame.dropna(subset=["difference"])
+    if frame.empty:
+        return _empty("no paired differences yet")
+    tooltip = [
+        alt.Tooltip("family:N"),
+        alt.Tooltip("variant:N"),
+        alt.Tooltip("attribute:N"),
+        alt.Tooltip("difference:Q", format="+.4f"),
+        alt.Tooltip("diff_ci_low:Q", title="95% CI low", format="+.4f"),
+        alt.Tooltip("diff_ci_high:Q", title="95% CI high", format="+.4f"),
+        alt.Tooltip("mcnemar_p:Q", title="McNemar p", format=".3g"),
+        alt.Tooltip("n:Q", title="samples"),
+    ]
+    base = alt.Chart().encode(
+        x=alt.X("attribute:N", title="attribute"),
+        xOffset=alt.XOffset("variant:N"),
+        color=alt.Color("variant:N", title="variant"),
+    )
+    points = base.mark_point(filled=True, size=70).encode(
+        y=alt.Y("difference:Q", title=DIFFERENCE), tooltip=tooltip
+    )
+    errors = base.mark_errorbar(ticks=True).encode(
+        y=alt.Y("diff_ci_low:Q", title=DIFFERENCE), y2="diff_ci_high:Q", tooltip=tooltip
+    )
+    zero = alt.Chart().mark_rule(color="grey", strokeDash=[4, 4]).encode(y=alt.datum(0))
+    return (
+        alt.layer(zero, errors, points, data=frame)
+        .properties(width=alt.Step(30), height=240)
+        .facet(column=alt.Column("family:N", title="family", sort=list(families)))
+        .properties(title="Emphasized − normal accuracy (bootstrap 95% CI; McNemar p in tooltip)")
+    )
+
+
+def _strength_axis(family: str) -> tuple[str, str]:
+    if family == "corruption":
+        return "severity", "severity (ImageNet-C level, 1–5)"
+    return "epsilon", "noise strength (σ / fraction / half-width, [0,1] pixel units)"
+
+
+def strength_curves_chart(summary: pd.DataFrame, family: str = "noise", columns: int = 5) -> Chart:
+    """Accuracy vs strength per perturbation (panel), one line per variant with its 95% CI band.
+
+    `summary`: summary.csv; the level 'condition' rows of `family` ('noise' or 'corruption')
+    are used, averaged over the attributes present (filter the attribute before for one)."""
+    frame = _rows(summary, level="condition", family=family)
+    x_field, x_title = _strength_axis(family)
+    frame = frame.dropna(subset=[x_field, "accuracy"])
+    if frame.empty:
+        return _empty(f"no {family} results yet")
+    frame = (
+        frame.groupby(["perturbation", "variant", x_field], as_index=False)[
+            ["accuracy", "ci_low", "ci_high"]
+        ]
+        .mean()
+        .sort_values(x_field)
+    )
+    tooltip = [
+        alt.Tooltip("perturbation:N"),
+        alt.Tooltip("variant:N"),
+        alt.Tooltip(f"{x_field}:Q", title=x_title),
+        alt.Tooltip("accuracy:Q", format=".3f"),
+        alt.Tooltip("ci_low:Q", title="95% CI low", format=".3f"),
+        alt.Tooltip("ci_high:Q", title="95% CI high", format=".3f"),
+    ]
+    x = alt.X(f"{x_field}:Q", title=x_title)
+    base = alt.Chart().encode(x=x, color=alt.Color("variant:N", title="variant"))
+    band = base.mark_area(opacity=0.2).encode(
+        y=alt.Y("ci_low:Q", title=ACCURACY, scale=alt.Scale(domain=[0, 1])), y2="ci_high:Q"
+    )
+    line = base.mark_line(point=True).encode(
+        y=alt.Y("accuracy:Q", title=ACCURACY, scale=alt.Scale(domain=[0, 1])), tooltip=tooltip
+    )
+    return (
+        alt.layer(band, line, data=frame)
+        .properties(width=150, height=120)
+        .facet(facet=alt.Facet("perturbation:N", title=family), columns=columns)
+        .properties(title=f"Accuracy vs {x_field} per {family} (95% CI band)")
+    )
+
+
+def difference_heatmap(summary: pd.DataFrame, family: str = "corruption") -> Chart:
+    """Accuracy difference (variant − normal) over perturbation (rows) × severity (columns),
+    one panel per variant and attribute; McNemar p in the tooltip. Uses level 'condition'."""
+    frame = _rows(summary, level="condition", family=family)
+    x_field, x_title = _strength_axis(family)
+    frame = frame[frame["variant"] != NORMAL].dropna(subset=["difference", x_field])
+    if frame.empty:
+        return _empty(f"no {family} differences yet")
+    limit = max(float(frame["difference"].abs().max()), 0.01)
+    tooltip = [
+        alt.Tooltip("perturbation:N"),
+        alt.Tooltip(f"{x_field}:O", title=x_title),
+        alt.Tooltip("variant:N"),
+        alt.Tooltip("attribute:N"),
+        alt.Tooltip("difference:Q", format="+.4f"),
+        alt.Tooltip("diff_ci_low:Q", title="95% CI low", format="+.4f"),
+        alt.Tooltip("diff_ci_high:Q", title="95% CI high", format="+.4f"),
+        alt.Tooltip("mcnemar_p:Q", title="McNemar p", format=".3g"),
+    ]
+    heat = (
+        alt.Chart(frame)
+        .mark_rect()
+        .encode(
+            x=alt.X(f"{x_field}:O", title=x_title),
+            y=alt.Y("perturbation:N", title=family),
+            color=alt.Color(
+                "difference:Q",
+                title=DIFFERENCE,
+                scale=alt.Scale(scheme="redblue", domain=[-limit, limit], domainMid=0),
+            ),
+            tooltip=tooltip,
+        )
+        .properties(width=alt.Step(28), height=alt.Step(16))
+    )
+    return heat.facet(
+        row=alt.Row("variant:N", title="variant"),
+        column=alt.Column("attribute:N", title="attribute"),
+    ).properties(title=f"{family}: accuracy difference vs normal (blue: variant better)")
+
+
+def _adversarial_conditions(frame: pd.DataFrame) -> pd.DataFrame:
+    """White-box rows per (attack, variant, ε): from summary 'condition' rows or results rows."""
+    if "level" in frame.columns:
+        frame = frame[frame["level"] == "condition"]
+    frame = frame[frame["family"] == "adversarial"].dropna(subset=["epsilon", "accuracy"])
+    if "correct" in frame.columns:  # results.csv: pool the shards of one condition
+        frame = frame.groupby(["perturbation", "variant", "epsilon"], as_index=False)[
+            ["n", "correct", "accuracy", "ci_low", "ci_high"]
+        ].agg(
+            {"n": "sum", "correct": "sum", "accuracy": "mean", "ci_low": "mean", "ci_high": "mean"}
+        )
+    else:
+        frame = frame.groupby(["perturbation", "variant", "epsilon"], as_index=False)[
+            ["accuracy", "ci_low", "ci_high"]
+        ].mean()
+    frame["norm"] = frame["perturbation"].map(attack_norm)
+    return frame.sort_values("epsilon")
+
+
+def robust_accuracy_chart(rows: pd.DataFrame, columns: int = 4) -> Chart:
+    """Robust accuracy vs ε per attack (panel), one line per variant with its 95% CI band;
+    L∞ and L2 attacks in separate rows since their ε are not comparable. Averaged over the
+    attributes present. `rows`: summary.csv (level 'condition') or results.csv."""
+    frame = _adversarial_conditions(rows)
+    if frame.empty:
+        return _empty("no adversarial results yet")
+    charts: list[alt.FacetChart] = []
+    for norm in ("L∞", "L2"):
+        part = frame[frame["norm"] == norm]
+        if part.empty:
+            continue
+        x_title = f"ε ({norm}, [0,1] pixel units)"
+        tooltip = [
+            alt.Tooltip("perturbation:N", title="attack"),
+            alt.Tooltip("variant:N"),
+            alt.Tooltip("epsilon:Q", title=x_title, format=".4f"),
+            alt.Tooltip("accuracy:Q", title="robust accuracy", format=".3f"),
+            alt.Tooltip("ci_low:Q", title="95% CI low", format=".3f"),
+            alt.Tooltip("ci_high:Q", title="95% CI high", format=".3f"),
+        ]
+        base = alt.Chart().encode(
+            x=alt.X("epsilon:Q", title=x_title), color=alt.Color("variant:N", title="variant")
+        )
+        band = base.mark_area(opacity=0.2).encode(
+            y=alt.Y("ci_low:Q", title=ROBUST_ACCURACY, scale=alt.Scale(domain=[0, 1])),
+            y2="ci_high:Q",
+        )
+        line = base.mark_line(point=True).encode(
+            y=alt.Y("accuracy:Q", title=ROBUST_ACCURACY, scale=alt.Scale(domain=[0, 1])),
+            tooltip=tooltip,
+        )
+        charts.append(
+            alt.layer(band, line, data=part)
+            .properties(width=160, height=130)
+            .facet(facet=alt.Facet("perturbation:N", title=f"{norm} attacks"), columns=columns)
+        )
+    title = "Robust accuracy vs ε per attack (95% CI band)"
+    if len(charts) == 1:
+        return charts[0].properties(title=title)
+    return alt.vconcat(*charts).properties(title=title)
+
+
+def median_distance_chart(results: pd.DataFrame) -> Chart:
+    """Median minimal perturbation of the minimisation attacks, per attack (panel), attribute
+    (x) and variant (colour). `results`: results.csv (rows with a median_distance). An infinite
+    median (the attack failed on half of the samples or more) is shown as a note in the tooltip
+    and left out of the bars."""
+    frame = results[(results["family"] == "adversarial") & results["median_distance"].notna()]
+    if frame.empty:
+        return _empty("no minimisation attack results yet")
+    # The distance is per sample, not per ε: one value per (attack, variant, attribute).
+    frame = frame.groupby(["perturbation", "variant", "attribute"], as_index=False)[
+        "median_distance"
+    ].median()
+    frame["norm"] = frame["perturbation"].map(attack_norm)
+    frame["attack"] = frame["perturbation"] + " (" + frame["norm"] + ")"
+    frame["failed"] = ~np.isfinite(frame["median_distance"].to_numpy(dtype=float))
+    frame["distance"] = frame["median_distance"].where(~frame["failed"])
+    frame["shown"] = np.where(frame["failed"], "∞ (failed on ≥ half)", "")
+    tooltip = [
+        alt.Tooltip("attack:N"),
+        alt.Tooltip("variant:N"),
+        alt.Tooltip("attribute:N"),
+        alt.Tooltip("distance:Q", title="median minimal perturbation", format=".4f"),
+        alt.Tooltip("shown:N", title="note"),
+    ]
+    bars = (
+        alt.Chart(frame)
+        .mark_bar()
+        .encode(
+            x=alt.X("attribute:N", title="attribute"),
+            xOffset=alt.XOffset("variant:N"),
+            y=alt.Y(
+                "distance:Q",
+                title="median minimal perturbation ([0,1] pixel units, norm in panel title)",
+            ),
+            color=alt.Color("variant:N", title="variant"),
+            tooltip=tooltip,
+        )
+        .properties(width=alt.Step(22), height=200)
+    )
+    return bars.facet(column=alt.Column("attack:N", title="attack")).properties(
+        title="Median minimal adversarial perturbation (larger = more robust)"
+    )
+
+
+def transfer_matrix(results: pd.DataFrame) -> pd.DataFrame:
+    """Robust accuracy per (attack, source variant, target variant), pooled over ε, shards and
+    the attributes present: transfer rows plus the white-box diagonal (source == target)."""
+    columns = ["perturbation", "source_variant", "variant", "n", "correct", "accuracy"]
+    transfer = results[results["family"] == "transfer"]
+    if transfer.empty:
+        return pd.DataFrame(columns=columns)
+    attacks = set(transfer["perturbation"])
+    white = results[(results["family"] == "adversarial") & results["perturbation"].isin(attacks)]
+    white = white.assign(source_variant=white["variant"])
+    both = pd.concat([transfer, white], ignore_index=True)
+    pooled = both.groupby(["perturbation", "source_variant", "variant"], as_index=False)[
+        ["n", "correct"]
+    ].sum()
+    pooled["accuracy"] = pooled["correct"] / pooled["n"].where(pooled["n"] > 0)
+    return pooled[columns]
+
+
+def transfer_matrix_chart(results: pd.DataFrame) -> Chart:
+    """Heatmap of robust accuracy: adversarials crafted on the source variant (rows),
+    evaluated on the target variant (columns), one panel per attack. `results`: results.csv."""
+    frame = transfer_matrix(results)
+    if frame.empty:
+        return _empty("no transfer results yet")
+    tooltip = [
+        alt.Tooltip("perturbation:N", title="attack"),
+        alt.Tooltip("source_variant:N", title="crafted on"),
+        alt.Tooltip("variant:N", title="evaluated on"),
+        alt.Tooltip("accuracy:Q", title="robust accuracy", format=".3f"),
+        alt.Tooltip("n:Q", title="samples"),
+    ]
+    base = alt.Chart().encode(
+        x=alt.X("variant:N", title="target variant (evaluated on)"),
+        y=alt.Y("source_variant:N", title="source variant (crafted on)"),
+    )
+    heat = base.mark_rect().encode(
+        color=alt.Color(
+            "accuracy:Q", title=ROBUST_ACCURACY, scale=alt.Scale(domain=[0, 1], scheme="viridis")
+        ),
+        tooltip=tooltip,
+    )
+    text = base.mark_text(baseline="middle").encode(
+        text=alt.Text("accuracy:Q", format=".2f"),
+        color=alt.condition(alt.datum.accuracy > 0.5, alt.value("black"), alt.value("white")),
+    )
+    return (
+        alt.layer(heat, text, data=frame)
+        .properties(width=alt.Step(60), height=alt.Step(40))
+        .facet(column=alt.Column("perturbation:N", title="attack"))
+        .properties(title="Transfer: robust accuracy, source → target (diagonal: white-box)")
+    )
+
+
+def importance_heatmap(importance: pd.DataFrame) -> Chart:
+    """Channel importance score per attribute (rows) × channel (columns); rank in the tooltip.
+    `importance`: importance.csv."""
+    if importance.empty:
+        return _empty("no channel importance yet")
+    channels = int(importance["channel"].nunique())
+    return (
+        alt.Chart(importance)
+        .mark_rect()
+        .encode(
+            x=alt.X("channel:O", title="attention channel (index)"),
+            y=alt.Y("attribute:N", title="attribute"),
+            color=alt.Color("score:Q", title="importance score (mean mask, a.u.)"),
+            tooltip=[
+                alt.Tooltip("attribute:N"),
+                alt.Tooltip("channel:O"),
+                alt.Tooltip("score:Q", format=".4g"),
+                alt.Tooltip("rank:Q", title="rank (1 = most important)"),
+            ],
+        )
+        .properties(
+            title="Channel importance per attribute",
+            width=alt.Step(max(6, min(20, 640 // max(channels, 1)))),
+            height=alt.Step(24),
+        )
+    )
+
+
+def drift_chart(drift: pd.DataFrame) -> Chart:
+    """Attention-mask drift vs perturbation strength, one line per variant, one panel per
+    perturbation. `drift`: drift.csv with columns variant, perturbation, drift and a strength
+    column (`strength`, `epsilon` or `severity`); averaged over attributes when present."""
+    x_field = next((c for c in ("strength", "epsilon", "severity") if c in drift.columns), None)
+    needed = {"variant", "perturbation", "drift"}
+    if x_field is None or not needed <= set(drift.columns) or drift.empty:
+        return _empty("drift.csv lacks variant/perturbation/drift/strength columns")
+    frame = drift.copy()
+    frame[x_field] = pd.to_numeric(frame[x_field], errors="coerce")
+    frame["drift"] = pd.to_numeric(frame["drift"], errors="coerce")
+    frame = frame.dropna(subset=[x_field, "drift"])
+    frame = frame.groupby(["perturbation", "variant", x_field], as_index=False)["drift"].mean()
+    x_title = "severity (1–5)" if x_field == "severity" else "strength ε ([0,1] pixel units)"
+    line = (
+        alt.Chart(frame)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X(f"{x_field}:Q", title=x_title),
+            y=alt.Y("drift:Q", title="mask drift vs clean (mean abs. difference, mask units)"),
+            color=alt.Color("variant:N", title="variant"),
+            tooltip=[
+                "perturbation:N",
+                "variant:N",
+                f"{x_field}:Q",
+                alt.Tooltip("drift:Q", format=".4f"),
+            ],
+        )
+        .properties(width=160, height=120)
+    )
+    return line.facet(
+        facet=alt.Facet("perturbation:N", title="perturbation"), columns=4
+    ).properties(title="Attention-mask drift vs perturbation strength")
+
+
+def sanity_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The sanity checklist per variant and attribute (level 'family', family 'adversarial'):
+    one boolean column per check; missing checks stay <NA>."""
+    frame = _rows(summary, level="family", family="adversarial")
+    columns = [c for c in summary.columns if c.startswith("sanity_")]
+    return frame[["variant", "attribute", *columns]].reset_index(drop=True)
+
+
+def corruption_errors(summary: pd.DataFrame) -> pd.DataFrame:
+    """mCE and relative mCE per variant and attribute (level 'family', family 'corruption')."""
+    frame = _rows(summary, level="family", family="corruption")
+    return frame[["variant", "attribute", "mce", "relative_mce"]].reset_index(drop=True)

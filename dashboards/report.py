@@ -1,0 +1,255 @@
+"""`iamt report RUN_DIR`: a static, offline HTML report of one run, with PNG plots.
+
+It reads the run directory only (like the dashboard, it imports neither torch nor Ray) and
+draws the same Altair charts as the dashboard (`dashboards.charts`), saved as PNG through
+vl-convert. `report.html` is self-contained apart from `plots/*.png` beside it.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import altair as alt
+import pandas as pd
+import yaml
+
+from dashboards import charts
+from dashboards.rundata import RunDataError, read_csv, read_manifest
+from iamt.io import write_text  # pandas and the standard library only: no torch
+
+CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f4f4f4; } td.text, th.text { text-align: left; }
+.meta { color: #666; } .fail { color: #b00020; font-weight: bold; } .pass { color: #1b7f3b; }
+img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
+"""
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "∞"
+        return (
+            f"{value:.{digits}f}" if abs(value) >= 10 ** (-digits) or value == 0 else f"{value:.1e}"
+        )
+    return html.escape(str(value))
+
+
+def _table(frame: pd.DataFrame, text_columns: Iterable[str] = ()) -> str:
+    text = set(text_columns)
+    head = "".join(
+        f'<th class="{"text" if c in text else ""}">{html.escape(str(c))}</th>' for c in frame
+    )
+    rows = []
+    for _, row in frame.iterrows():
+        cells = "".join(
+            f'<td class="{"text" if c in text else ""}">{_fmt(row[c])}</td>' for c in frame
+        )
+        rows.append(f"<tr>{cells}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _save(chart: alt.TopLevelMixin, path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp.png")
+    chart.save(str(temporary), scale_factor=1.5)
+    temporary.replace(path)
+    return f'<img src="plots/{html.escape(path.name)}" alt="{html.escape(path.stem)}">'
+
+
+def _plot(
+    name: str, build: Callable[[], alt.TopLevelMixin | None], plots: Path, notes: list[str]
+) -> str:
+    """Draw one chart; a chart that cannot be drawn becomes a note, not a crash."""
+    try:
+        chart = build()
+    except (KeyError, ValueError) as error:
+        notes.append(f"{name}: not drawn ({error})")
+        return ""
+    return "" if chart is None else _save(chart, plots / f"{name}.png")
+
+
+def _optional_csv(path: Path) -> pd.DataFrame | None:
+    return read_csv(path) if path.is_file() else None
+
+
+def _headline(summary: pd.DataFrame) -> pd.DataFrame:
+    family = summary[(summary["level"] == "family") & summary["difference"].notna()]
+    columns = ["variant", "family", "attribute", "n", "accuracy", "difference"]
+    columns += ["diff_ci_low", "diff_ci_high", "mcnemar_p"]
+    return family[columns].sort_values(["variant", "family", "attribute"])
+
+
+def _methods(config: dict[str, Any], manifest: dict[str, Any]) -> str:
+    data, robustness = config.get("data", {}), config.get("robustness", {})
+    variants = manifest.get("variants") or config.get("emphasis", {}).get("variants", {})
+    attacks = robustness.get("attacks", {})
+    noise, corruptions = robustness.get("noise", {}), robustness.get("corruptions", {})
+    rows = [
+        ("dataset", f"{data.get('name')} ({data.get('image_size')} px), seed {config.get('seed')}"),
+        (
+            "splits",
+            f"train {data.get('n_train')}, validation {data.get('n_val')} (channel importance), "
+            f"test {data.get('n_test')} (every accuracy in this report)",
+        ),
+        ("model", ", ".join(f"{k}={v}" for k, v in config.get("model", {}).items())),
+        ("variants (mask transforms)", "; ".join(f"{k}: {v}" for k, v in variants.items())),
+        (
+            "noise",
+            f"{', '.join(noise.get('types', []))} at strengths {noise.get('strengths')}, "
+            f"{noise.get('n_samples')} test images",
+        ),
+        (
+            "corruptions",
+            f"{corruptions.get('names')} (imagecorruptions, ImageNet-C) at severities "
+            f"{corruptions.get('severities')}, {corruptions.get('n_samples')} test images, "
+            "seeded per image",
+        ),
+        (
+            "attacks",
+            "; ".join(
+                f"{m['name']}({', '.join(f'{k}={v}' for k, v in (m.get('params') or {}).items())})"
+                f" on {m.get('n_samples') or attacks.get('n_samples')} images"
+                + (f" at ε {m['epsilons']}" if m.get("epsilons") else "")
+                for m in attacks.get("methods", [])
+            )
+            + f". L∞ ε {attacks.get('linf_epsilons')}, L2 ε {attacks.get('l2_epsilons')}; "
+            "bounds (0, 1); one attribute at a time; PGD step 2.5·ε/steps",
+        ),
+        (
+            "statistics",
+            "Wilson 95% intervals for accuracies; emphasized − normal on the same images with a "
+            "percentile bootstrap 95% CI (images resampled when pooling perturbations) and an "
+            "exact McNemar test; mCE with the normal model as baseline",
+        ),
+        ("seeds", f"run seed {config.get('seed')}; each job's seed is derived from its job_id"),
+    ]
+    cell = '<tr><th class="text">{}</th><td class="text">{}</td></tr>'
+    body = "".join(cell.format(html.escape(k), html.escape(str(v))) for k, v in rows)
+    return f"<table>{body}</table>"
+
+
+def write_report(run_dir: Path) -> Path:
+    """Write `run_dir/report.html` and `run_dir/plots/*.png`; returns the report's path."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "manifest.json").is_file():
+        raise RunDataError(f"{run_dir} is not a run directory (no manifest.json)")
+    manifest = read_manifest(run_dir) or {}
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    summary = _optional_csv(run_dir / "summary.csv")
+    clean = _optional_csv(run_dir / "clean.csv")
+    importance = _optional_csv(run_dir / "importance.csv")
+    failures = _optional_csv(run_dir / "failures.csv")
+    results = _optional_csv(run_dir / "results.csv")
+    plots = run_dir / "plots"
+    notes: list[str] = []
+
+    sections = [
+        f"<h1>Robustness report: {html.escape(str(manifest.get('name', run_dir.name)))}</h1>",
+        f'<p class="meta">status {_fmt(manifest.get("status"))} · dataset '
+        f"{_fmt(manifest.get('dataset'))} · created {_fmt(manifest.get('created'))} · "
+        f"git {_fmt((manifest.get('environment') or {}).get('git_sha'))}</p>",
+    ]
+    if clean is not None:
+        sections += ["<h2>Clean accuracy (test split)</h2>"]
+        sections.append(
+            _plot("clean_accuracy", lambda: charts.clean_accuracy_chart(clean), plots, notes)
+        )
+        sections.append(
+            _table(
+                clean[["variant", "transform", "attribute", "n", "accuracy", "ci_low", "ci_high"]],
+                ["variant", "transform", "attribute"],
+            )
+        )
+    if summary is not None and not summary.empty:
+        headline = _headline(summary)
+        sections += [
+            "<h2>Does emphasis help? Emphasized − normal</h2>",
+            "<p>Accuracy difference on the same images, pooled over each family, with its "
+            "95% bootstrap CI and McNemar p. A CI that contains 0 is no significant "
+            "difference.</p>",
+            _plot("headline", lambda: charts.headline_chart(summary), plots, notes),
+            _table(headline, ["variant", "family", "attribute"]),
+            "<h2>Noise and corruptions</h2>",
+            _plot(
+                "noise_curves", lambda: charts.strength_curves_chart(summary, "noise"), plots, notes
+            ),
+            _plot(
+                "corruption_curves",
+                lambda: charts.strength_curves_chart(summary, "corruption"),
+                plots,
+                notes,
+            ),
+            _plot(
+                "corruption_heatmap",
+                lambda: charts.difference_heatmap(summary, "corruption"),
+                plots,
+                notes,
+            ),
+        ]
+        mce = summary[(summary["level"] == "family") & summary["mce"].notna()]
+        if not mce.empty:
+            sections.append(
+                _table(
+                    mce[["variant", "attribute", "mce", "relative_mce"]],
+                    ["variant", "attribute"],
+                )
+            )
+        sections += [
+            "<h2>Adversarial robustness</h2>",
+            _plot("robust_accuracy", lambda: charts.robust_accuracy_chart(summary), plots, notes),
+        ]
+        if results is not None:
+            sections += [
+                _plot(
+                    "median_distance",
+                    lambda: charts.median_distance_chart(results),
+                    plots,
+                    notes,
+                ),
+                "<h3>Transfer: robust accuracy of target variants on adversarials crafted on "
+                "source variants</h3>",
+                _plot(
+                    "transfer_matrix", lambda: charts.transfer_matrix_chart(results), plots, notes
+                ),
+            ]
+        sanity_columns = [c for c in summary.columns if c.startswith("sanity_")]
+        sanity = summary[(summary["level"] == "family") & (summary["family"] == "adversarial")]
+        if not sanity.empty:
+            sections += ["<h3>Sanity checklist (Carlini et al. 2019)</h3>"]
+            sections.append(
+                _table(sanity[["variant", "attribute", *sanity_columns]], ["variant", "attribute"])
+            )
+    if importance is not None:
+        sections += ["<h2>Channel importance</h2>"]
+        sections.append(
+            _plot("importance", lambda: charts.importance_heatmap(importance), plots, notes)
+        )
+    if failures is not None and not failures.empty:
+        sections += [
+            '<h2 class="fail">Failed jobs</h2>',
+            _table(failures[["job_id", "error", "attempts"]], ["job_id", "error"]),
+        ]
+    sections += ["<h2>Methods</h2>", _methods(config, manifest)]
+    if notes:
+        sections += ["<h2>Notes</h2>", "<ul>"]
+        sections += [f"<li>{html.escape(note)}</li>" for note in notes]
+        sections += ["</ul>"]
+
+    page = (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>iamt report: {html.escape(str(manifest.get('name', run_dir.name)))}</title>"
+        f"<style>{CSS}</style></head><body>{''.join(sections)}</body></html>\n"
+    )
+    target = run_dir / "report.html"
+    write_text(target, page)
+    return target
