@@ -19,6 +19,7 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +105,15 @@ def _small_cnn(widths: tuple[int, ...]) -> tuple[nn.Module, int]:
     return nn.Sequential(*layers), in_channels
 
 
+# Feature channels C of each ResNet trunk (up to layer3).
+RESNET_CHANNELS = {Backbone.RESNET18: 256, Backbone.RESNET50: 1024}
+
+
+def feature_channels(backbone: Backbone, widths: Sequence[int]) -> int:
+    """C, the number of feature channels (and of masks per attribute) of a trunk."""
+    return widths[-1] if backbone is Backbone.SMALL_CNN else RESNET_CHANNELS[backbone]
+
+
 def _resnet_trunk(backbone: Backbone) -> tuple[nn.Module, int]:
     """torchvision ResNet up to layer3 (stride 16): keeps a spatial grid for the masks."""
     net = (
@@ -114,8 +124,7 @@ def _resnet_trunk(backbone: Backbone) -> tuple[nn.Module, int]:
     trunk = nn.Sequential(
         net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3
     )
-    channels = 256 if backbone is Backbone.RESNET18 else 1024
-    return trunk, channels
+    return trunk, RESNET_CHANNELS[backbone]
 
 
 def _attention_subnetwork(channels: int, hidden: int) -> nn.Module:

@@ -56,7 +56,10 @@ def attention_loss(
     logits: list[Tensor], masks: list[Tensor], labels: Tensor, sparsity: float
 ) -> Tensor:
     """Σ_a CE(logits_a, y_a) + sparsity · mean_a mean(M_a)."""
-    loss = sum((F.cross_entropy(lg, labels[:, a]) for a, lg in enumerate(logits)), torch.zeros(()))
+    loss = sum(
+        (F.cross_entropy(lg, labels[:, a]) for a, lg in enumerate(logits)),
+        logits[0].new_zeros(()),  # on the logits' device (CPU or CUDA)
+    )
     if sparsity > 0:
         loss = loss + sparsity * torch.stack([m.mean() for m in masks]).mean()
     return loss

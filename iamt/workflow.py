@@ -31,11 +31,11 @@ import yaml
 from safetensors.torch import save_file
 
 from iamt.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
-from iamt.config import Backbone, ConfigError, RunConfig, config_to_yaml, parse_config
+from iamt.config import ConfigError, RunConfig, config_to_yaml, parse_config
 from iamt.data import Split, TensorAttributeDataset, as_tensors, load_split
 from iamt.importance import channel_importance, importance_table, localisation_ratio
 from iamt.io import atomic_path, write_csv, write_json, write_text
-from iamt.model import Architecture, AttentionNet, build_model
+from iamt.model import Architecture, AttentionNet, build_model, feature_channels
 from iamt.train import (
     channel_statistics,
     predict_correct,
@@ -54,12 +54,6 @@ class RunDirectoryError(ValueError):
     """The output directory cannot be used as asked (changed config, not writable, ...)."""
 
 
-def feature_channels(config: RunConfig) -> int:
-    if config.model.backbone is Backbone.SMALL_CNN:
-        return config.model.widths[-1]
-    return 256 if config.model.backbone is Backbone.RESNET18 else 1024
-
-
 def parse_variants(config: RunConfig) -> dict[str, MaskTransform]:
     """`normal` (identity) plus the configured emphasized variants, validated against the model."""
     variants: dict[str, MaskTransform] = {NORMAL: parse_transform("identity")}
@@ -68,7 +62,7 @@ def parse_variants(config: RunConfig) -> dict[str, MaskTransform]:
             raise ConfigError(f"emphasis.variants: {NORMAL!r} is reserved for the identity model")
         try:
             transform = parse_transform(spec)
-            transform.validate(feature_channels(config))
+            transform.validate(feature_channels(config.model.backbone, config.model.widths))
         except TransformSpecError as error:
             raise ConfigError(f"emphasis.variants.{name}: {error}") from None
         variants[name] = transform
