@@ -1,0 +1,207 @@
+"""The robustness sweep fanned out over Ray: backpressure, retries, resume, progress.
+
+`run_sweep_on_ray` replaces only the loop of `robustness.runner.run_sweep_locally`:
+`prepare_sweep` before it and `finish_sweep` after it are shared, so a sweep gives the same
+`results.csv` in one process or on Ray.
+
+- The models and the evaluation split go into the object store once; every task receives
+  the same ObjectRefs (Ray resolves them to zero-copy reads on each node), never a fresh copy.
+- At most `max_in_flight` tasks are outstanding; the driver waits for one to finish before
+  submitting the next, so a sweep of thousands of jobs never floods the scheduler.
+- The driver writes each finished job's part file as soon as it arrives, so an interrupted
+  sweep resumes where it stopped (`Sweep.pending` skips jobs with a part file).
+- A job that raises, or whose worker dies, is resubmitted up to `max_retries` times; if it
+  still fails it is recorded in `failures.csv` and the sweep goes on.
+
+`init_local_ray` starts an embedded single-machine Ray on 127.0.0.1 (tests, the default);
+`connect` joins an existing cluster (the user's explicit choice, e.g. RAY_ADDRESS).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+import ray._private.ray_constants as ray_constants
+import torch
+from ray.exceptions import RayError, RayTaskError
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from robustness.jobs import Job, run_job
+from robustness.results import failure_record, write_part
+from robustness.runner import Sweep
+
+LOOPBACK = "127.0.0.1"
+# Keeps every process of an embedded Ray on loopback; without it Ray rewrites 127.0.0.1 to the
+# machine's interface address (DESIGN §7).
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+OnUpdate = Callable[[int, int, int], None]  # (done, failed, total), like run_sweep_locally
+
+
+# --------------------------------------------------------------------------- starting Ray
+
+
+def init_local_ray(num_cpus: int | None = None) -> None:
+    """Start an embedded single-machine Ray bound to 127.0.0.1; a no-op if Ray is running."""
+    if ray.is_initialized():
+        return
+    # The driver read this variable when it imported ray; the processes ray.init spawns read it
+    # again. Set both, here rather than at import, so that `connect` to a real cluster keeps
+    # Ray's normal address detection.
+    os.environ.setdefault(LOOPBACK_ENV, "0")
+    if os.environ[LOOPBACK_ENV] == "0":
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    ray.init(
+        address="local",  # always a new instance: never a stale or RAY_ADDRESS cluster
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        _node_ip_address=LOOPBACK,
+        logging_level=logging.WARNING,
+        log_to_driver=False,  # tqdm owns the terminal; worker logs stay in Ray's session dir
+        configure_logging=True,
+    )
+
+
+def connect(address: str) -> None:
+    """Join an existing Ray cluster (e.g. `auto` or RAY_ADDRESS); a no-op if already joined."""
+    if ray.is_initialized():
+        return
+    ray.init(address=address, logging_level=logging.WARNING)
+
+
+# --------------------------------------------------------------------------- the task
+
+
+@ray.remote
+def evaluate_job(
+    job: Job, models: dict[str, nn.Module], images: Tensor, labels: Tensor
+) -> tuple[list[dict[str, Any]], float, str, str]:
+    """Run one job on a worker: (rows, wall seconds, node, worker)."""
+    # Threads come from the task's own CPU share, not from the node it landed on, so that a
+    # job gives the same floats on every node (reduction order depends on the thread count).
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    torch.set_num_threads(max(1, int(cpus)))
+    torch.set_grad_enabled(True)  # attacks need gradients (as in evaluate_run)
+    start = time.perf_counter()
+    rows = run_job(job, models, images, labels)
+    return rows, time.perf_counter() - start, socket.gethostname(), f"pid-{os.getpid()}"
+
+
+# --------------------------------------------------------------------------- the fan-out
+
+
+@dataclass
+class RaySweepStats:
+    """What happened during one `run_sweep_on_ray` call."""
+
+    submitted: int = 0  # task submissions, retries included
+    finished: int = 0  # jobs that wrote a part file
+    failed: int = 0  # jobs recorded as failures after their last attempt
+    retried: int = 0  # resubmissions after a failed attempt
+    max_in_flight_seen: int = 0  # the most tasks ever outstanding at once
+
+
+def _cause(error: RayError) -> BaseException:
+    """The user's exception inside a RayTaskError, so failures.csv names it, not Ray."""
+    if isinstance(error, RayTaskError) and error.cause is not None:
+        return error.cause
+    return error
+
+
+def run_sweep_on_ray(
+    sweep: Sweep,
+    *,
+    max_in_flight: int = 8,
+    max_retries: int = 1,
+    num_cpus_per_task: float = 1,
+    num_gpus_per_task: float = 0,
+    show_progress: bool = True,
+    on_update: OnUpdate | None = None,
+) -> RaySweepStats:
+    """Run every pending job of `sweep` as a Ray task. Ray must be initialised.
+
+    Appends to `sweep.timings` and `sweep.failures` like `run_sweep_locally`; call
+    `finish_sweep(sweep)` afterwards to merge the parts.
+    """
+    if max_in_flight < 1:
+        raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
+    if max_retries < 0:
+        raise ValueError(f"max_retries must be 0 or more, got {max_retries}")
+    if not ray.is_initialized():
+        raise RuntimeError("Ray is not initialised: call init_local_ray() or connect() first")
+
+    pending = sweep.pending
+    total = len(sweep.jobs)
+    done = total - len(pending)
+    stats = RaySweepStats()
+    if not pending:
+        return stats
+
+    # Put once: every task gets these refs, so the models are serialised once per sweep.
+    models_ref = ray.put(sweep.models)
+    images_ref = ray.put(sweep.images)
+    labels_ref = ray.put(sweep.labels)
+    # Retries are the driver's (below), not Ray's, so the driver knows each job's attempt count.
+    task = evaluate_job.options(
+        num_cpus=num_cpus_per_task,
+        num_gpus=num_gpus_per_task,
+        max_retries=0,
+        retry_exceptions=False,
+    )
+
+    queue = list(reversed(pending))  # pop() from the end keeps the sweep's order
+    in_flight: dict[ray.ObjectRef, tuple[Job, int]] = {}  # ref -> (job, attempt number)
+
+    def submit(job: Job, attempt: int) -> None:
+        ref = task.remote(job, models_ref, images_ref, labels_ref)
+        in_flight[ref] = (job, attempt)
+        stats.submitted += 1
+        stats.max_in_flight_seen = max(stats.max_in_flight_seen, len(in_flight))
+
+    bar = tqdm(total=total, initial=done, desc="sweep", unit="job", disable=not show_progress)
+    try:
+        while queue or in_flight:
+            while queue and len(in_flight) < max_in_flight:  # backpressure
+                submit(queue.pop(), 1)
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            ref = ready[0]
+            job, attempt = in_flight.pop(ref)
+            try:
+                rows, wall, node, worker = ray.get(ref)
+            except RayError as error:  # the job raised or its worker died
+                if attempt <= max_retries:
+                    stats.retried += 1
+                    submit(job, attempt + 1)
+                    continue
+                sweep.failures.append(failure_record(job, _cause(error), attempts=attempt))
+                stats.failed += 1
+            else:
+                write_part(sweep.run_dir, rows)  # the driver owns the run directory
+                sweep.timings.append(
+                    {
+                        "job_id": job.job_id,
+                        "node": node,
+                        "worker": worker,
+                        "attempts": attempt,
+                        "wall_s": round(wall, 3),
+                    }
+                )
+                stats.finished += 1
+                done += 1
+            bar.update(1)
+            bar.set_postfix_str(f"failed={len(sweep.failures)} in_flight={len(in_flight)}")
+            if on_update is not None:
+                on_update(done, len(sweep.failures), total)
+    finally:
+        for ref in in_flight:  # interrupted (Ctrl-C, a callback raised): stop what is running
+            ray.cancel(ref, force=True)
+        bar.close()
+    return stats
