@@ -18,66 +18,19 @@ import pandas as pd
 import yaml
 from safetensors import SafetensorError, safe_open
 
+# Plain constants (no torch): the same column lists the writer uses.
+from robustness.schema import RESULT_COLUMNS, SUMMARY_COLUMNS
+from robustness.schema import SANITY_COLUMNS as SANITY_COLUMNS_LIST
+
 MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
 MASKS = Path("masks") / "samples.safetensors"
 
 # Columns each known file must have; the first group of each entry must never be empty
 # (a truncated last line leaves them empty), the numeric ones must parse as numbers.
-_RESULTS_COLUMNS = (
-    "run",
-    "dataset",
-    "job_id",
-    "variant",
-    "transform",
-    "attribute",
-    "family",
-    "perturbation",
-    "severity",
-    "epsilon",
-    "source_variant",
-    "n",
-    "correct",
-    "accuracy",
-    "ci_low",
-    "ci_high",
-    "success_rate",
-    "median_distance",
-    "seed",
-)
-SANITY_COLUMNS = (
-    "sanity_monotone_in_epsilon",
-    "sanity_pgd_beats_fgsm",
-    "sanity_reaches_full_success",
-    "sanity_whitebox_beats_transfer",
-    "sanity_no_gradient_masking",
-    "sanity_all",
-)
-_SUMMARY_COLUMNS = (
-    "level",
-    "variant",
-    "transform",
-    "attribute",
-    "family",
-    "perturbation",
-    "severity",
-    "epsilon",
-    "source_variant",
-    "n",
-    "accuracy",
-    "ci_low",
-    "ci_high",
-    "success_rate",
-    "median_distance",
-    "difference",
-    "diff_ci_low",
-    "diff_ci_high",
-    "mcnemar_p",
-    "auc",
-    "mce",
-    "relative_mce",
-    *SANITY_COLUMNS,
-)
+_RESULTS_COLUMNS = tuple(RESULT_COLUMNS)
+SANITY_COLUMNS = tuple(SANITY_COLUMNS_LIST)
+_SUMMARY_COLUMNS = tuple(SUMMARY_COLUMNS)
 
 
 @dataclass(frozen=True)

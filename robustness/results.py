@@ -33,78 +33,16 @@ from robustness.metrics import (
 )
 from robustness.perturbations import Family, get_perturbation_class
 from robustness.sanity import CHECKS, all_passed, sanity_flags
+from robustness.schema import (
+    FAILURE_COLUMNS,
+    PART_COLUMNS,
+    RESULT_COLUMNS,
+    SORT_KEY,
+    SUMMARY_COLUMNS,
+    TIMING_COLUMNS,
+)
 
 NORMAL = "normal"
-
-RESULT_COLUMNS = [
-    "run",
-    "dataset",
-    "job_id",
-    "variant",
-    "transform",
-    "attribute",
-    "family",
-    "perturbation",
-    "severity",
-    "epsilon",
-    "source_variant",
-    "n",
-    "correct",
-    "accuracy",
-    "ci_low",
-    "ci_high",
-    "success_rate",
-    "median_distance",
-    "seed",
-]
-PART_COLUMNS = [
-    "job_id",
-    "variant",
-    "attribute",
-    "family",
-    "perturbation",
-    "severity",
-    "epsilon",
-    "source_variant",
-    "n",
-    "correct",
-    "success_rate",
-    "median_distance",
-    "seed",
-    "shard_start",
-    "outcomes",
-]
-CONDITION = ["family", "perturbation", "severity", "epsilon", "source_variant"]
-SORT_KEY = ["family", "perturbation", "severity", "epsilon", "attribute", "variant"]
-SORT_KEY += ["source_variant", "shard_start", "job_id"]
-FAILURE_COLUMNS = ["job_id", "spec", "error", "attempts"]
-TIMING_COLUMNS = ["job_id", "node", "worker", "attempts", "wall_s"]
-SANITY_COLUMNS = [f"sanity_{check}" for check in CHECKS] + ["sanity_all"]
-SUMMARY_COLUMNS = [
-    "level",
-    "variant",
-    "transform",
-    "attribute",
-    "family",
-    "perturbation",
-    "severity",
-    "epsilon",
-    "source_variant",
-    "n",
-    "accuracy",
-    "ci_low",
-    "ci_high",
-    "success_rate",
-    "median_distance",
-    "difference",
-    "diff_ci_low",
-    "diff_ci_high",
-    "mcnemar_p",
-    "auc",
-    "mce",
-    "relative_mce",
-    *SANITY_COLUMNS,
-]
 
 
 # --------------------------------------------------------------------------- part files

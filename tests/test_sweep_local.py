@@ -17,7 +17,7 @@ from iamt.workflow import TrainRunSummary
 from robustness import runner
 from robustness.jobs import Job, expand_sweep, run_job
 from robustness.perturbations import Family
-from robustness.results import RESULT_COLUMNS, SANITY_COLUMNS
+from robustness.schema import RESULT_COLUMNS, SANITY_COLUMNS
 from tests.conftest import SMALL_SWEEP, TINY
 
 

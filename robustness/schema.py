@@ -1,0 +1,78 @@
+"""Column vocabulary of the run directory's CSV files.
+
+Pure constants, importing nothing heavy: `robustness.results` writes these files and the
+dashboard (which must not import torch) reads them, so both take the columns from here.
+"""
+
+from __future__ import annotations
+
+from robustness.sanity import CHECKS
+
+RESULT_COLUMNS = [
+    "run",
+    "dataset",
+    "job_id",
+    "variant",
+    "transform",
+    "attribute",
+    "family",
+    "perturbation",
+    "severity",
+    "epsilon",
+    "source_variant",
+    "n",
+    "correct",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    "success_rate",
+    "median_distance",
+    "seed",
+]
+PART_COLUMNS = [
+    "job_id",
+    "variant",
+    "attribute",
+    "family",
+    "perturbation",
+    "severity",
+    "epsilon",
+    "source_variant",
+    "n",
+    "correct",
+    "success_rate",
+    "median_distance",
+    "seed",
+    "shard_start",
+    "outcomes",
+]
+SORT_KEY = ["family", "perturbation", "severity", "epsilon", "attribute", "variant"]
+SORT_KEY += ["source_variant", "shard_start", "job_id"]
+FAILURE_COLUMNS = ["job_id", "spec", "error", "attempts"]
+TIMING_COLUMNS = ["job_id", "node", "worker", "attempts", "wall_s"]
+SANITY_COLUMNS = [f"sanity_{check}" for check in CHECKS] + ["sanity_all"]
+SUMMARY_COLUMNS = [
+    "level",
+    "variant",
+    "transform",
+    "attribute",
+    "family",
+    "perturbation",
+    "severity",
+    "epsilon",
+    "source_variant",
+    "n",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    "success_rate",
+    "median_distance",
+    "difference",
+    "diff_ci_low",
+    "diff_ci_high",
+    "mcnemar_p",
+    "auc",
+    "mce",
+    "relative_mce",
+    *SANITY_COLUMNS,
+]
