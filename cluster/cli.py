@@ -27,16 +27,20 @@ from iamt.workflow import RunDirectoryError, train_run
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError, RunDirectoryError, RunDataError)
 
 
-def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", type=Path, help="YAML run config, e.g. configs/demo.yaml")
+def _add_set_argument(parser: argparse.ArgumentParser, example: str) -> None:
     parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config key, e.g. --set train.epochs=2 (repeatable)",
+        help=f"override a config key, e.g. --set {example} (repeatable)",
     )
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", type=Path, help="YAML run config, e.g. configs/demo.yaml")
+    _add_set_argument(parser, "train.epochs=2")
     parser.add_argument(
         "--out", type=Path, default=None, help="run directory (default: runs/<config name>)"
     )
@@ -61,14 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="run the robustness sweep on a trained run directory, in one process"
     )
     evaluate.add_argument("run_dir", type=Path, help="a run directory written by `iamt train`")
-    evaluate.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a robustness.* key, e.g. --set robustness.noise.n_samples=200",
-    )
+    _add_set_argument(evaluate, "robustness.noise.n_samples=200 (robustness.* keys only)")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     report = commands.add_parser("report", help="write RUN_DIR/report.html with PNG plots")
     report.add_argument("run_dir", type=Path)

@@ -88,6 +88,18 @@ def clean_accuracy_chart(clean: pd.DataFrame) -> Chart:
     )
 
 
+def _difference_tooltips() -> list[alt.Tooltip]:
+    """Variant, attribute, the paired difference with its 95% CI, and McNemar's p."""
+    return [
+        alt.Tooltip("variant:N"),
+        alt.Tooltip("attribute:N"),
+        alt.Tooltip("difference:Q", format="+.4f"),
+        alt.Tooltip("diff_ci_low:Q", title="95% CI low", format="+.4f"),
+        alt.Tooltip("diff_ci_high:Q", title="95% CI high", format="+.4f"),
+        alt.Tooltip("mcnemar_p:Q", title="McNemar p", format=".3g"),
+    ]
+
+
 def headline_chart(
     summary: pd.DataFrame, families: tuple[str, ...] = ("noise", "corruption", "adversarial")
 ) -> Chart:
@@ -100,12 +112,7 @@ def headline_chart(
         return _empty("no paired differences yet")
     tooltip = [
         alt.Tooltip("family:N"),
-        alt.Tooltip("variant:N"),
-        alt.Tooltip("attribute:N"),
-        alt.Tooltip("difference:Q", format="+.4f"),
-        alt.Tooltip("diff_ci_low:Q", title="95% CI low", format="+.4f"),
-        alt.Tooltip("diff_ci_high:Q", title="95% CI high", format="+.4f"),
-        alt.Tooltip("mcnemar_p:Q", title="McNemar p", format=".3g"),
+        *_difference_tooltips(),
         alt.Tooltip("n:Q", title="samples"),
     ]
     base = alt.Chart().encode(
@@ -187,12 +194,7 @@ def difference_heatmap(summary: pd.DataFrame, family: str = "corruption") -> Cha
     tooltip = [
         alt.Tooltip("perturbation:N"),
         alt.Tooltip(f"{x_field}:O", title=x_title),
-        alt.Tooltip("variant:N"),
-        alt.Tooltip("attribute:N"),
-        alt.Tooltip("difference:Q", format="+.4f"),
-        alt.Tooltip("diff_ci_low:Q", title="95% CI low", format="+.4f"),
-        alt.Tooltip("diff_ci_high:Q", title="95% CI high", format="+.4f"),
-        alt.Tooltip("mcnemar_p:Q", title="McNemar p", format=".3g"),
+        *_difference_tooltips(),
     ]
     heat = (
         alt.Chart(frame)

@@ -19,8 +19,7 @@ import yaml
 from safetensors import SafetensorError, safe_open
 
 # Plain constants (no torch): the same column lists the writer uses.
-from robustness.schema import RESULT_COLUMNS, SUMMARY_COLUMNS
-from robustness.schema import SANITY_COLUMNS as SANITY_COLUMNS_LIST
+from robustness import schema
 
 MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
@@ -28,9 +27,7 @@ MASKS = Path("masks") / "samples.safetensors"
 
 # Columns each known file must have; the first group of each entry must never be empty
 # (a truncated last line leaves them empty), the numeric ones must parse as numbers.
-_RESULTS_COLUMNS = tuple(RESULT_COLUMNS)
-SANITY_COLUMNS = tuple(SANITY_COLUMNS_LIST)
-_SUMMARY_COLUMNS = tuple(SUMMARY_COLUMNS)
+SANITY_COLUMNS = tuple(schema.SANITY_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -43,7 +40,7 @@ class CsvSchema:
 
 SCHEMAS: dict[str, CsvSchema] = {
     "results.csv": CsvSchema(
-        _RESULTS_COLUMNS,
+        tuple(schema.RESULT_COLUMNS),
         required=("job_id", "variant", "attribute", "family", "n", "correct", "accuracy", "seed"),
         numeric=(
             "severity",
@@ -59,7 +56,7 @@ SCHEMAS: dict[str, CsvSchema] = {
         ),
     ),
     "summary.csv": CsvSchema(
-        _SUMMARY_COLUMNS,
+        tuple(schema.SUMMARY_COLUMNS),
         required=("level", "variant", "attribute", "family", "n", "accuracy", "ci_low", "ci_high"),
         numeric=(
             "severity",
@@ -81,29 +78,18 @@ SCHEMAS: dict[str, CsvSchema] = {
         boolean=SANITY_COLUMNS,
     ),
     "clean.csv": CsvSchema(
-        (
-            "run",
-            "dataset",
-            "variant",
-            "transform",
-            "attribute",
-            "n",
-            "correct",
-            "accuracy",
-            "ci_low",
-            "ci_high",
-        ),
+        tuple(schema.CLEAN_COLUMNS),
         required=("variant", "attribute", "n", "correct", "accuracy", "ci_low", "ci_high"),
         numeric=("n", "correct", "accuracy", "ci_low", "ci_high"),
     ),
     "importance.csv": CsvSchema(
-        ("attribute", "channel", "score", "rank"),
-        required=("attribute", "channel", "score", "rank"),
+        tuple(schema.IMPORTANCE_COLUMNS),
+        required=tuple(schema.IMPORTANCE_COLUMNS),
         numeric=("channel", "score", "rank"),
     ),
-    "failures.csv": CsvSchema(("job_id", "spec", "error", "attempts"), required=("job_id",)),
+    "failures.csv": CsvSchema(tuple(schema.FAILURE_COLUMNS), required=("job_id",)),
     "timings.csv": CsvSchema(
-        ("job_id", "node", "worker", "attempts", "wall_s"),
+        tuple(schema.TIMING_COLUMNS),
         required=("job_id",),
         numeric=("attempts", "wall_s"),
     ),

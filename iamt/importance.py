@@ -22,6 +22,7 @@ from torch import Tensor
 from iamt.config import ImportanceMethod
 from iamt.data.base import AttributeDataset, TensorAttributeDataset, iterate_batches
 from iamt.model import AttentionNet
+from robustness.schema import IMPORTANCE_COLUMNS
 
 
 def channel_importance(
@@ -72,7 +73,7 @@ def importance_table(importance: Tensor, attribute_names: Sequence[str]) -> pd.D
             {"attribute": name, "channel": c, "score": float(importance[a, c]), "rank": rank[c]}
             for c in range(importance.shape[1])
         ]
-    return pd.DataFrame(rows, columns=["attribute", "channel", "score", "rank"])
+    return pd.DataFrame(rows, columns=IMPORTANCE_COLUMNS)
 
 
 def importance_from_table(table: pd.DataFrame, attribute_names: Sequence[str]) -> Tensor:

@@ -45,6 +45,7 @@ from iamt.train import (
 )
 from iamt.transforms import MaskTransform, TransformSpecError, parse_transform
 from robustness.metrics import wilson_interval
+from robustness.schema import CLEAN_COLUMNS
 
 NORMAL = "normal"
 CHECKPOINT_STEM = Path("checkpoints") / "normal"
@@ -254,7 +255,7 @@ def clean_accuracy(
                     "ci_high": high,
                 }
             )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=CLEAN_COLUMNS)
 
 
 def save_mask_samples(
