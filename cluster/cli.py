@@ -1,12 +1,14 @@
 """The `iamt` command line.
 
+    iamt run CONFIG [--set key=value ...] [--out RUN_DIR] [--address ADDR] [--checkpoint STEM]
     iamt train CONFIG [--set key=value ...] [--out RUN_DIR] [--force]
     iamt evaluate RUN_DIR [--set robustness.key=value ...]
     iamt report RUN_DIR
     iamt dashboard [--runs DIR] [--port N] [--host ADDRESS]
 
-`train` runs locally and needs no Ray. Subcommands that fan out over Ray import it lazily,
-so `iamt --help` and `iamt train` start fast.
+`run` is the main job: Ray Train, the sweep fanned out over Ray, the report. `train`,
+`evaluate` and `report` are its stages in one process, without Ray. Subcommands that use Ray
+import it lazily, so `iamt --help` and `iamt train` start fast.
 """
 
 from __future__ import annotations
@@ -57,6 +59,25 @@ def build_parser() -> argparse.ArgumentParser:
         "emphasized variants.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser(
+        "run",
+        help="the main job on Ray: train (unless done), rank channels, sweep, summarise, report",
+    )
+    _add_config_arguments(run)
+    run.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join (default: cluster.address, then $RAY_ADDRESS, else an "
+        "embedded local Ray on 127.0.0.1)",
+    )
+    run.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        metavar="STEM",
+        help="use this trained checkpoint (e.g. runs/demo/checkpoints/normal) instead of training",
+    )
+    run.add_argument("--no-report", action="store_true", help="skip report.html")
     train = commands.add_parser(
         "train", help="train the normal model, rank channels, measure clean accuracy (no Ray)"
     )
@@ -94,6 +115,32 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from cluster.pipeline import run_pipeline
+
+    config = load_config(args.config, args.overrides)
+    run_dir = args.out or Path("runs") / config.name
+    result = run_pipeline(
+        config,
+        run_dir,
+        address=args.address,
+        checkpoint=args.checkpoint,
+        force=args.force,
+        report=not args.no_report,
+        show_progress=not args.quiet,
+    )
+    jobs = result.jobs
+    print(
+        f"\n{run_dir}: {'trained' if result.trained else 'checkpoint reused'}; "
+        f"{jobs['done']}/{jobs['total']} jobs done, {jobs['failed']} failed; "
+        f"{result.seconds:.0f} s"
+    )
+    print(f"wrote {run_dir}/results.csv, summary.csv, failures.csv, timings.csv")
+    if result.report is not None:
+        print(f"wrote {result.report}")
+    return 0 if jobs["failed"] == 0 else 1
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from robustness.runner import evaluate_run
 
@@ -123,6 +170,7 @@ def _dashboard(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {
+        "run": _run,
         "train": _train,
         "evaluate": _evaluate,
         "report": _report,

@@ -80,19 +80,30 @@ def connect(address: str) -> None:
 # --------------------------------------------------------------------------- the task
 
 
+def threads_for(cpus: float) -> int:
+    """Torch threads from a CPU share: a result must not depend on the node's core count."""
+    return max(1, int(cpus))
+
+
 @ray.remote
 def evaluate_job(
     job: Job, models: dict[str, nn.Module], images: Tensor, labels: Tensor
 ) -> tuple[list[dict[str, Any]], float, str, str]:
     """Run one job on a worker: (rows, wall seconds, node, worker)."""
+    context = ray.get_runtime_context()
+    resources = context.get_assigned_resources()
     # Threads come from the task's own CPU share, not from the node it landed on, so that a
     # job gives the same floats on every node (reduction order depends on the thread count).
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-    torch.set_num_threads(max(1, int(cpus)))
+    torch.set_num_threads(threads_for(resources.get("CPU", 1.0)))
     torch.set_grad_enabled(True)  # attacks need gradients (as in evaluate_run)
+    # A task given (a share of) a GPU runs there; Ray sets CUDA_VISIBLE_DEVICES to its GPU.
+    device = torch.device("cuda" if resources.get("GPU", 0) > 0 else "cpu")
+    models = {name: model.to(device) for name, model in models.items()}
     start = time.perf_counter()
-    rows = run_job(job, models, images, labels)
-    return rows, time.perf_counter() - start, socket.gethostname(), f"pid-{os.getpid()}"
+    rows = run_job(job, models, images, labels, device=device)
+    # Simulated nodes share a hostname: the node id tells them apart.
+    node = f"{socket.gethostname()}/{context.get_node_id()[:8]}"
+    return rows, time.perf_counter() - start, node, f"pid-{os.getpid()}"
 
 
 # --------------------------------------------------------------------------- the fan-out
@@ -123,6 +134,7 @@ def run_sweep_on_ray(
     max_retries: int = 1,
     num_cpus_per_task: float = 1,
     num_gpus_per_task: float = 0,
+    resources_per_task: dict[str, float] | None = None,
     show_progress: bool = True,
     on_update: OnUpdate | None = None,
 ) -> RaySweepStats:
@@ -153,6 +165,7 @@ def run_sweep_on_ray(
     task = evaluate_job.options(
         num_cpus=num_cpus_per_task,
         num_gpus=num_gpus_per_task,
+        resources=resources_per_task or {},
         max_retries=0,
         retry_exceptions=False,
     )

@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 
 from iamt.data.base import DatasetName
 
@@ -222,6 +231,43 @@ class RobustnessConfig(Section):
     attacks: AttacksConfig = AttacksConfig()
 
 
+class TrainScalingConfig(Section):
+    """Ray Train's ScalingConfig for `iamt run` (`iamt train` always trains in one process)."""
+
+    num_workers: PositiveInt = Field(1, description="data-parallel (DDP) training workers")
+    use_gpu: bool = False
+    cpus_per_worker: PositiveFloat = Field(1, description="also each worker's torch threads")
+    gpus_per_worker: PositiveFloat = Field(1, description="with use_gpu; may be fractional")
+    max_failures: NonNegativeInt = Field(
+        1, description="worker-group restarts, each resuming from the last epoch's checkpoint"
+    )
+
+
+class SweepResourcesConfig(Section):
+    """How `iamt run` fans the robustness jobs out over Ray."""
+
+    num_cpus: PositiveFloat = Field(1, description="per evaluator task; also its torch threads")
+    num_gpus: float = Field(0, ge=0, description="per evaluator task; fractions share a GPU")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources per task, e.g. {evaluator: 1}"
+    )
+    max_in_flight: PositiveInt = Field(8, description="jobs outstanding at once (backpressure)")
+    max_retries: NonNegativeInt = Field(2, description="resubmissions of a failed job")
+
+
+class ClusterConfig(Section):
+    """Where `iamt run` runs. Placement only: it never changes a number in results.csv."""
+
+    address: str | None = Field(
+        None, description="Ray cluster to join; null: $RAY_ADDRESS, else an embedded local Ray"
+    )
+    num_cpus: PositiveInt | None = Field(
+        None, description="CPUs of the embedded local Ray; null = all of this machine's"
+    )
+    train: TrainScalingConfig = TrainScalingConfig()
+    sweep: SweepResourcesConfig = SweepResourcesConfig()
+
+
 class RunConfig(Section):
     name: str = "run"
     seed: int = 0
@@ -231,6 +277,7 @@ class RunConfig(Section):
     importance: ImportanceConfig = ImportanceConfig()
     emphasis: EmphasisConfig = EmphasisConfig()
     robustness: RobustnessConfig = RobustnessConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

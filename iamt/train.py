@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -23,6 +24,14 @@ from tqdm.auto import tqdm
 
 from iamt.config import Device, TrainConfig
 from iamt.data.base import AttributeDataset, as_tensors, iterate_batches, num_batches
+
+
+class Progress(Protocol):
+    """What `train_epoch` reports to: a tqdm bar, or Ray Train's relay to the driver's bar."""
+
+    def update(self, n: float = 1) -> Any: ...
+
+    def set_postfix(self, **values: Any) -> Any: ...
 
 
 def resolve_device(device: Device) -> torch.device:
@@ -73,7 +82,7 @@ def train_epoch(
     *,
     sparsity: float,
     device: torch.device,
-    progress: tqdm | None = None,
+    progress: Progress | None = None,
 ) -> float:
     """One pass over `batches`; returns the sample-weighted mean loss."""
     model.train()

@@ -18,9 +18,12 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -32,11 +35,12 @@ from safetensors.torch import save_file
 
 from iamt.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
 from iamt.config import ConfigError, RunConfig, config_to_yaml, parse_config
-from iamt.data import Split, TensorAttributeDataset, as_tensors, load_split
+from iamt.data import AttributeDataset, Split, TensorAttributeDataset, as_tensors, load_split
 from iamt.importance import channel_importance, importance_table, localisation_ratio
 from iamt.io import atomic_path, write_csv, write_json, write_text
 from iamt.model import Architecture, AttentionNet, build_model, feature_channels
 from iamt.train import (
+    EpochRecord,
     channel_statistics,
     predict_correct,
     resolve_device,
@@ -49,6 +53,17 @@ from robustness.schema import CLEAN_COLUMNS
 
 NORMAL = "normal"
 CHECKPOINT_STEM = Path("checkpoints") / "normal"
+IGNORED_BY_TRAINING = ("robustness", "cluster")  # config sections that do not shape the model
+# What a sweep derives from the checkpoint: stale as soon as the checkpoint changes.
+EVALUATION_OUTPUTS = (
+    "parts",
+    "results.csv",
+    "summary.csv",
+    "failures.csv",
+    "timings.csv",
+    "report.html",
+    "plots",
+)
 
 
 class RunDirectoryError(ValueError):
@@ -117,6 +132,61 @@ def _diff_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
 
 
+# Trains a freshly initialised model in place and returns its loss per epoch. The default is
+# `iamt.train.train_model` in this process; `iamt run` passes Ray Train's (cluster/train.py).
+Fit = Callable[[AttentionNet, AttributeDataset], list[EpochRecord]]
+
+
+def clear_evaluation(run_dir: Path) -> None:
+    """Remove a sweep's outputs: job ids name the perturbation, not the model, so parts of an
+    earlier model must never be resumed into a new one."""
+    for name in EVALUATION_OUTPUTS:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def adopt_checkpoint(source: Path, run_dir: Path, config: RunConfig, *, force: bool) -> None:
+    """Copy a checkpoint trained elsewhere (`iamt run --checkpoint`) into `run_dir`, so that
+    training is skipped. It must load, pass its SHA-256 check and fit `config.model`."""
+    stem = source.with_suffix("") if source.suffix in {".json", ".safetensors"} else source
+    model, metadata = load_checkpoint(stem)
+    architecture = model.architecture
+    wanted = {
+        "backbone": config.model.backbone,
+        "widths": tuple(config.model.widths),
+        "attention_hidden": config.model.attention_hidden,
+        "head_channels": config.model.head_channels,
+        "mask_mode": config.model.mask_mode,
+        "image_size": config.data.image_size,
+    }
+    mismatched = [
+        f"{key}: config {value!r}, checkpoint {getattr(architecture, key)!r}"
+        for key, value in wanted.items()
+        if getattr(architecture, key) != value
+    ]
+    if mismatched:
+        raise ConfigError(f"--checkpoint {stem} does not fit the config: {'; '.join(mismatched)}")
+    target = run_dir / CHECKPOINT_STEM
+    target_weights, target_meta = checkpoint_paths(target)
+    if target_meta.is_file():
+        existing = json.loads(target_meta.read_text()).get("weights_sha256")
+        if existing == metadata.weights_sha256:
+            return  # already adopted (a rerun)
+        if not force:
+            raise RunDirectoryError(
+                f"{run_dir} already holds another trained model; use another --out, or --force"
+            )
+    clear_evaluation(run_dir)
+    weights, meta = checkpoint_paths(stem)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for source_file, target_file in ((weights, target_weights), (meta, target_meta)):
+        with atomic_path(target_file) as temporary:
+            shutil.copyfile(source_file, temporary)
+
+
 @dataclass
 class TrainRunSummary:
     run_dir: Path
@@ -126,12 +196,22 @@ class TrainRunSummary:
 
 
 def train_run(
-    config: RunConfig, run_dir: Path, *, force: bool = False, show_progress: bool = True
+    config: RunConfig,
+    run_dir: Path,
+    *,
+    force: bool = False,
+    show_progress: bool = True,
+    fit: Fit | None = None,
+    trainer: str = "single process",
+    retrain: bool | None = None,
 ) -> TrainRunSummary:
+    """`fit` trains the model (default: this process); `trainer` says which, for the manifest.
+    `force` accepts a changed config and, unless `retrain` says otherwise, trains afresh."""
     # 1. Validate everything cheap before writing anything.
     variants = parse_variants(config)
-    # The robustness section does not change the model; `iamt evaluate --set` may edit it.
-    check_run_directory(run_dir, config, force=force, ignore=("robustness",))
+    # The robustness section does not change the model (`iamt evaluate --set` may edit it),
+    # and the cluster section only says where things run.
+    check_run_directory(run_dir, config, force=force, ignore=IGNORED_BY_TRAINING)
     device = resolve_device(config.train.device)
     if config.train.num_threads is not None:
         torch.set_num_threads(config.train.num_threads)
@@ -159,7 +239,8 @@ def train_run(
     # 3. Train, unless this run already holds the checkpoint of this very config.
     stem = run_dir / CHECKPOINT_STEM
     weights, meta = checkpoint_paths(stem)
-    trained = force or not (weights.is_file() and meta.is_file())
+    retrain = force if retrain is None else retrain
+    trained = retrain or not (weights.is_file() and meta.is_file())
     if trained:
         mean, std = channel_statistics(train_set)
         architecture = Architecture.from_config(
@@ -167,16 +248,20 @@ def train_run(
         )
         seed_everything(config.seed)  # the initial weights are a random draw too
         model = build_model(architecture, config.model.backbone_weights)
+        if fit is None:
+            fit = partial(
+                train_model,
+                config=config.train,
+                seed=config.seed,
+                device=device,
+                show_progress=show_progress,
+            )
         tick = time.perf_counter()
-        history = train_model(
-            model,
-            train_set,
-            config.train,
-            seed=config.seed,
-            device=device,
-            show_progress=show_progress,
-        )
+        manifest["trainer"] = trainer
+        history = fit(model, train_set)
+        model.to(device)
         timings["train_s"] = time.perf_counter() - tick
+        clear_evaluation(run_dir)  # a new model: no earlier sweep result applies to it
         save_checkpoint(stem, model, seed=config.seed, epochs=config.train.epochs)
         manifest["train_history"] = [asdict(record) for record in history]
     else:

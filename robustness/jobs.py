@@ -83,12 +83,12 @@ def _encode(correct: Tensor) -> str:
 
 
 def predict_all(model: nn.Module, images: Tensor, batch_size: int) -> Tensor:
-    """(N, A) predicted class per attribute."""
+    """(N, A) predicted class per attribute, on the CPU (where the outcomes are counted)."""
     predictions = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             logits = model(images[start : start + batch_size]).logits
-            predictions.append(torch.stack([lg.argmax(1) for lg in logits], dim=1))
+            predictions.append(torch.stack([lg.argmax(1) for lg in logits], dim=1).cpu())
     return torch.cat(predictions)
 
 
@@ -126,15 +126,23 @@ def _row(
 
 
 def run_job(
-    job: Job, models: Mapping[str, nn.Module], images: Tensor, labels: Tensor
+    job: Job,
+    models: Mapping[str, nn.Module],
+    images: Tensor,
+    labels: Tensor,
+    *,
+    device: torch.device | str = "cpu",
 ) -> list[dict[str, Any]]:
     """Evaluate one job. `images` (N, 3, H, W) / `labels` (N, A) are the whole evaluation split;
-    the job takes its shard. Returns one row per (variant, attribute[, ε, source])."""
+    the job takes its shard. Returns one row per (variant, attribute[, ε, source]).
+
+    The models must already be on `device`; the shard is perturbed and classified there, and
+    the outcomes are counted on the CPU."""
     missing = [v for v in job.variants if v not in models]
     if missing:
         raise KeyError(f"job {job.job_id} needs variants {missing}; given {sorted(models)}")
-    x = images[job.shard_start : job.shard_stop]
-    y = labels[job.shard_start : job.shard_stop]
+    x = images[job.shard_start : job.shard_stop].to(device)  # (n, 3, H, W)
+    y = labels[job.shard_start : job.shard_stop].cpu()  # (n, A)
     if job.family in (Family.CLEAN, Family.NOISE, Family.CORRUPTION):
         return _run_image_job(job, models, x, y)
     perturbation = create_perturbation(job.perturbation, **dict(job.params))
@@ -172,9 +180,13 @@ def _run_fixed_epsilon_job(
         for source in job.variants:
             # The same seed for every variant: they face the same random starts.
             outcome = attack(
-                attribute_view(models[source], a), x, y[:, a], [epsilon], seed=job.seed + a
+                attribute_view(models[source], a),
+                x,
+                y[:, a].to(x.device),
+                [epsilon],
+                seed=job.seed + a,
             )
-            adversarial, success = outcome.adversarials[epsilon], outcome.success[epsilon]
+            adversarial, success = outcome.adversarials[epsilon], outcome.success[epsilon].cpu()
             robust = clean[source][:, a] & ~success
             rows.append(
                 _row(
@@ -217,12 +229,12 @@ def _run_minimisation_job(
             outcome = attack(
                 attribute_view(models[variant], a),
                 x,
-                y[:, a],
+                y[:, a].to(x.device),
                 list(job.epsilons),
                 seed=job.seed + a,
             )
             assert outcome.distances is not None
-            distances = outcome.distances
+            distances = outcome.distances.cpu()
             median = median_distance(distances.numpy(), clean[:, a].numpy())
             for epsilon in job.epsilons:
                 broken = distances <= epsilon

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 import torch
@@ -173,10 +173,27 @@ def update_manifest(run_dir: Path, **fields: Any) -> None:
     write_json(path, manifest)
 
 
+class SweepRunner(Protocol):
+    """Runs a prepared sweep's pending jobs: `run_sweep_locally`, or the Ray fan-out
+    (`cluster.sweep.run_sweep_on_ray`) for `iamt run`."""
+
+    def __call__(
+        self,
+        sweep: Sweep,
+        *,
+        show_progress: bool = True,
+        on_update: Callable[[int, int, int], None] | None = None,
+    ) -> Any: ...
+
+
 def evaluate_run(
-    run_dir: Path, config: RunConfig, *, show_progress: bool = True
+    run_dir: Path,
+    config: RunConfig,
+    *,
+    show_progress: bool = True,
+    run_sweep: SweepRunner = run_sweep_locally,
 ) -> Mapping[str, Any]:
-    """`iamt evaluate`: the configured sweep in one process, no Ray."""
+    """`iamt evaluate` (one process, no Ray) and the sweep stage of `iamt run` (`run_sweep`)."""
     sweep = prepare_sweep(run_dir, config)
     write_text(run_dir / "config.yaml", config_to_yaml(config))
     started = time.perf_counter()
@@ -191,7 +208,7 @@ def evaluate_run(
 
     progress(len(sweep.jobs) - len(sweep.pending), 0, len(sweep.jobs))
     torch.set_grad_enabled(True)  # attacks need gradients
-    run_sweep_locally(sweep, show_progress=show_progress, on_update=progress)
+    run_sweep(sweep, show_progress=show_progress, on_update=progress)
     counts = finish_sweep(sweep)
     status = "done" if counts["failed"] == 0 else "failed"
     update_manifest(

@@ -165,24 +165,35 @@ def iterate_batches(
     shuffle: bool = False,
     generator: torch.Generator | None = None,
     num_workers: int = 0,
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Yield (images, labels) batches; slices memory directly for in-memory datasets.
 
     Slicing is an order of magnitude faster than a DataLoader's per-item collation for the
     small built-in datasets, and just as deterministic given the same generator.
+
+    `shard=(rank, world)`: data-parallel training. Every rank draws the same order and keeps
+    its contiguous slice of each global batch, so `world` ranks averaging their gradients
+    take the same steps as one process with the whole batch. Only that slice is read. A final
+    batch smaller than `world` is dropped on every rank alike (no rank may see an empty one).
     """
+    rank, world = shard
+    if not 0 <= rank < world:
+        raise ValueError(f"shard rank {rank} is outside 0..{world - 1}")
+    count = len(dataset)
+    order = torch.randperm(count, generator=generator) if shuffle else torch.arange(count)
+    batches = [
+        index.tensor_split(world)[rank]  # (≈ batch_size / world,)
+        for index in order.split(batch_size)
+        if len(index) >= world
+    ]
     if isinstance(dataset, TensorAttributeDataset):
-        count = len(dataset)
-        order = torch.randperm(count, generator=generator) if shuffle else torch.arange(count)
-        for start in range(0, count, batch_size):
-            index = order[start : start + batch_size]
+        for index in batches:
             yield dataset.images[index], dataset.labels[index]
         return
     loader: torch.utils.data.DataLoader[tuple[Tensor, Tensor]] = torch.utils.data.DataLoader(
         dataset,  # type: ignore[arg-type]
-        batch_size=batch_size,
-        shuffle=shuffle,
-        generator=generator,
+        batch_sampler=[index.tolist() for index in batches],
         num_workers=num_workers,
     )
     yield from loader

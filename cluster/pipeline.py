@@ -1,0 +1,128 @@
+"""`iamt run CONFIG`: the main job, on Ray, from a config to a report.
+
+    1. validate the config and the run directory (nothing is written before this passes);
+    2. start an embedded local Ray on 127.0.0.1, or join a cluster (`--address`,
+       `cluster.address` or $RAY_ADDRESS, which `ray job submit` sets);
+    3. train with Ray Train, skipped when the run already holds a checkpoint (or adopt the one
+       given with `--checkpoint`), then channel importance and the emphasized variants;
+    4. the robustness sweep fanned out over Ray (resuming: finished jobs are skipped);
+    5. merge into results.csv and summary.csv, then the static report.
+
+`manifest.json` says where it is (`stage`), how far the sweep got (`jobs`) and how it ended
+(`status`: running, done, or failed with the `error`), so the dashboard can follow a run live.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from cluster.sweep import connect, init_local_ray, run_sweep_on_ray
+from cluster.train import fit_on_ray
+from dashboards.report import write_report
+from iamt.config import RunConfig
+from iamt.workflow import (
+    IGNORED_BY_TRAINING,
+    adopt_checkpoint,
+    check_run_directory,
+    parse_variants,
+    train_run,
+)
+from robustness.runner import evaluate_run, update_manifest
+
+
+@dataclass
+class PipelineResult:
+    run_dir: Path
+    trained: bool  # False when the checkpoint was already there (or adopted)
+    jobs: dict[str, Any]  # total, done, failed
+    report: Path | None
+    seconds: float
+
+
+def ray_address(cli_address: str | None, config: RunConfig) -> str | None:
+    """The cluster to join, or None for an embedded local Ray. The command line wins, then
+    the config, then $RAY_ADDRESS (set by `ray job submit` inside a job)."""
+    return cli_address or config.cluster.address or os.environ.get("RAY_ADDRESS") or None
+
+
+def start_ray(address: str | None, config: RunConfig) -> str:
+    """Join `address`, or start the embedded local Ray; returns which, for the manifest."""
+    if address:
+        connect(address)
+        return f"cluster at {address}"
+    init_local_ray(num_cpus=config.cluster.num_cpus)
+    return "embedded local Ray (127.0.0.1)"
+
+
+def run_pipeline(
+    config: RunConfig,
+    run_dir: Path,
+    *,
+    address: str | None = None,
+    checkpoint: Path | None = None,
+    force: bool = False,
+    report: bool = True,
+    show_progress: bool = True,
+) -> PipelineResult:
+    started = time.perf_counter()
+    # 1. Everything cheap is checked before Ray starts or a file is written.
+    parse_variants(config)
+    check_run_directory(run_dir, config, force=force, ignore=IGNORED_BY_TRAINING)
+    if checkpoint is not None:
+        adopt_checkpoint(checkpoint, run_dir, config, force=force)
+
+    owns_ray = not ray.is_initialized()  # a caller's Ray (tests, notebooks) stays up
+    where = start_ray(ray_address(address, config), config)
+    try:
+        scaling = config.cluster.train
+        summary = train_run(
+            config,
+            run_dir,
+            force=force,
+            retrain=force and checkpoint is None,
+            show_progress=show_progress,
+            fit=fit_on_ray(config, run_dir, restart=force, show_progress=show_progress),
+            trainer=f"Ray Train, {scaling.num_workers} worker(s)"
+            + (", GPU" if scaling.use_gpu else ""),
+        )
+        update_manifest(run_dir, status="running", stage="sweep", ray=where, error=None)
+        sweep = config.cluster.sweep
+        counts = evaluate_run(
+            run_dir,
+            config,
+            show_progress=show_progress,
+            run_sweep=partial(
+                run_sweep_on_ray,
+                max_in_flight=sweep.max_in_flight,
+                max_retries=sweep.max_retries,
+                num_cpus_per_task=sweep.num_cpus,
+                num_gpus_per_task=sweep.num_gpus,
+                resources_per_task=sweep.resources,
+            ),
+        )
+        report_path = None
+        if report:
+            update_manifest(run_dir, stage="report")
+            report_path = write_report(run_dir)
+            update_manifest(run_dir, stage="done")
+    except BaseException as error:  # Ctrl-C included: the manifest must not say "running"
+        if (run_dir / "manifest.json").is_file():
+            update_manifest(run_dir, status="failed", error=f"{type(error).__name__}: {error}")
+        raise
+    finally:
+        if owns_ray:
+            ray.shutdown()
+    return PipelineResult(
+        run_dir,
+        summary.trained,
+        dict(counts),
+        report_path,
+        round(time.perf_counter() - started, 2),
+    )
