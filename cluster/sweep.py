@@ -49,16 +49,21 @@ OnUpdate = Callable[[int, int, int], None]  # (done, failed, total), like run_sw
 # --------------------------------------------------------------------------- starting Ray
 
 
+def keep_ray_on_loopback() -> None:
+    """Make every Ray process this driver starts (embedded Ray, `ray.cluster_utils.Cluster`)
+    bind to 127.0.0.1. The driver read the variable when it imported ray, and the processes
+    it spawns read it again: set both. Called here rather than at import, so that `connect`
+    to a real cluster keeps Ray's normal address detection."""
+    os.environ.setdefault(LOOPBACK_ENV, "0")
+    if os.environ[LOOPBACK_ENV] == "0":
+        ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def init_local_ray(num_cpus: int | None = None) -> None:
     """Start an embedded single-machine Ray bound to 127.0.0.1; a no-op if Ray is running."""
     if ray.is_initialized():
         return
-    # The driver read this variable when it imported ray; the processes ray.init spawns read it
-    # again. Set both, here rather than at import, so that `connect` to a real cluster keeps
-    # Ray's normal address detection.
-    os.environ.setdefault(LOOPBACK_ENV, "0")
-    if os.environ[LOOPBACK_ENV] == "0":
-        ray_constants.ENABLE_RAY_CLUSTER = False
+    keep_ray_on_loopback()
     ray.init(
         address="local",  # always a new instance: never a stale or RAY_ADDRESS cluster
         num_cpus=num_cpus,
