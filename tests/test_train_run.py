@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from cluster.cli import main
+from iamt.checkpoint import load_checkpoint, save_checkpoint
 from iamt.config import ConfigError, RunConfig, load_config, parse_config
-from iamt.workflow import RunDirectoryError, TrainRunSummary, train_run
+from iamt.workflow import RunDirectoryError, TrainRunSummary, adopt_checkpoint, train_run
 from tests.conftest import TINY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -171,3 +173,29 @@ def test_mask_samples_are_readable_without_torch(tiny_run: TrainRunSummary) -> N
         metadata = handle.metadata()
     assert json.loads(metadata["attributes"]) == ["shape", "colour", "size", "background"]
     assert json.loads(metadata["variants"])["emphasized"] == "topk:k=4,alpha=2"
+
+
+def test_adopting_a_checkpoint_keeps_the_same_model_s_sweep_and_clears_another_s(
+    evaluated_run_dir: Path, tiny_run_dir: Path, tmp_path: Path
+) -> None:
+    """Job ids name perturbations, not models: parts of another model must never be reused."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(evaluated_run_dir, run_dir)
+    config = load_config(run_dir / "config.yaml")
+    adopt_checkpoint(tiny_run_dir / "checkpoints" / "normal", run_dir, config, force=False)
+    assert (run_dir / "parts").is_dir() and (run_dir / "results.csv").is_file()  # same weights
+
+    model, _ = load_checkpoint(tiny_run_dir / "checkpoints" / "normal")
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    save_checkpoint(tmp_path / "other" / "normal", model, seed=0, epochs=1)
+    before = _snapshot(run_dir)
+    with pytest.raises(RunDirectoryError, match="already holds another trained model"):
+        adopt_checkpoint(tmp_path / "other" / "normal", run_dir, config, force=False)
+    assert _snapshot(run_dir) == before  # refused: nothing touched
+
+    adopt_checkpoint(tmp_path / "other" / "normal.json", run_dir, config, force=True)
+    for stale in ["parts", "results.csv", "summary.csv", "timings.csv", "failures.csv"]:
+        assert not (run_dir / stale).exists(), stale
+    adopted, _ = load_checkpoint(run_dir / "checkpoints" / "normal")
+    assert all(a.equal(b) for a, b in zip(adopted.parameters(), model.parameters(), strict=True))
