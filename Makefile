@@ -25,10 +25,9 @@ browser:
 			apt-get install -y -qq chromium chromium-driver >/dev/null) \
 		|| echo "note: chromium/chromium-driver not installed; the browser test will skip"; }
 
+# The main job end to end on an embedded local Ray: train (Ray Train), sweep, summary, report.
 demo: setup
-	$(BIN)/iamt train configs/demo.yaml --out runs/demo
-	$(BIN)/iamt evaluate runs/demo
-	$(BIN)/iamt report runs/demo
+	$(BIN)/iamt run configs/demo.yaml --out runs/demo
 
 dashboard: setup
 	$(BIN)/iamt dashboard --runs runs

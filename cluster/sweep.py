@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from robustness.jobs import Job, run_job
+from robustness.perturbations import Family
 from robustness.results import failure_record, write_part
 from robustness.runner import Sweep
 
@@ -175,7 +176,10 @@ def run_sweep_on_ray(
         retry_exceptions=False,
     )
 
-    queue = list(reversed(pending))  # pop() from the end keeps the sweep's order
+    # Attacks first: they are the longest jobs, and a long job started last leaves the other
+    # evaluators idle at the end (longest-first scheduling). The order changes no result.
+    ordered = sorted(pending, key=lambda job: job.family is not Family.ADVERSARIAL)
+    queue = list(reversed(ordered))  # pop() from the end
     in_flight: dict[ray.ObjectRef, tuple[Job, int]] = {}  # ref -> (job, attempt number)
 
     def submit(job: Job, attempt: int) -> None:

@@ -276,8 +276,10 @@ def _draw_progress(relays: Sequence[Any], done: threading.Event, show_progress: 
     with tqdm(desc="train (Ray Train)", unit="batch", disable=not show_progress) as bar:
         while not done.wait(0.5):
             states = ray.get([relay.read.remote() for relay in relays])
+            batches = sum(count for count, _, _ in states)
+            if batches == bar.n:
+                continue  # redraw only on progress: the terminal log stays short
             bar.total = sum(total for _, total, _ in states) or None
-            bar.n = sum(batches for batches, _, _ in states)
             if len(states) == 1 and states[0][2]:
                 bar.set_postfix(states[0][2], refresh=False)
-            bar.refresh()
+            bar.update(batches - bar.n)
