@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser demo dashboard test lint format bench clean
+.PHONY: setup browser demo dashboard test lint format clean
 
 setup: $(STAMP)
 

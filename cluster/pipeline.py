@@ -16,17 +16,19 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import ray
+import torch
 
 from cluster.sweep import connect, init_local_ray, run_sweep_on_ray
 from cluster.train import fit_on_ray
 from dashboards.report import write_report
-from iamt.config import RunConfig
+from iamt.config import ConfigError, RunConfig
 from iamt.workflow import (
     IGNORED_BY_TRAINING,
     adopt_checkpoint,
@@ -61,6 +63,40 @@ def start_ray(address: str | None, config: RunConfig) -> str:
     return "embedded local Ray (127.0.0.1)"
 
 
+def embedded_resources(config: RunConfig) -> dict[str, float]:
+    """What `init_local_ray` will have: this machine's CPUs (or cluster.num_cpus) and GPUs."""
+    return {
+        "CPU": float(config.cluster.num_cpus or os.cpu_count() or 1),
+        "GPU": float(torch.cuda.device_count()),
+    }
+
+
+def check_resources_fit(config: RunConfig, available: dict[str, float]) -> list[str]:
+    """What the config asks of one Ray task or training worker group that `available` (the
+    cluster's total resources) cannot give: such work would wait forever, not fail."""
+    train, sweep = config.cluster.train, config.cluster.sweep
+    asks = {
+        "cluster.train (num_workers × cpus_per_worker CPUs)": (
+            "CPU",
+            train.num_workers * train.cpus_per_worker,
+        ),
+        "cluster.sweep.num_cpus": ("CPU", sweep.num_cpus),
+        "cluster.sweep.num_gpus": ("GPU", sweep.num_gpus),
+    }
+    if train.use_gpu:
+        asks["cluster.train (num_workers × gpus_per_worker GPUs)"] = (
+            "GPU",
+            train.num_workers * train.gpus_per_worker,
+        )
+    for name, amount in sweep.resources.items():
+        asks[f"cluster.sweep.resources.{name}"] = (name, amount)
+    return [
+        f"{key} asks for {amount:g} {resource}, the cluster has {available.get(resource, 0):g}"
+        for key, (resource, amount) in asks.items()
+        if amount > available.get(resource, 0)
+    ]
+
+
 def run_pipeline(
     config: RunConfig,
     run_dir: Path,
@@ -75,12 +111,20 @@ def run_pipeline(
     # 1. Everything cheap is checked before Ray starts or a file is written.
     parse_variants(config)
     check_run_directory(run_dir, config, force=force, ignore=IGNORED_BY_TRAINING)
+    joining = ray_address(address, config)
+    if not joining:  # an embedded Ray never grows: what does not fit would wait forever
+        too_big = check_resources_fit(config, embedded_resources(config))
+        if too_big:
+            raise ConfigError("; ".join(too_big) + " (lower the asks or set cluster.num_cpus)")
     if checkpoint is not None:
         adopt_checkpoint(checkpoint, run_dir, config, force=force)
 
     owns_ray = not ray.is_initialized()  # a caller's Ray (tests, notebooks) stays up
-    where = start_ray(ray_address(address, config), config)
+    where = start_ray(joining, config)
     try:
+        if joining:  # a real cluster may autoscale: say what it lacks, then wait
+            for problem in check_resources_fit(config, ray.cluster_resources()):
+                warnings.warn(f"{problem}; waiting for the cluster to grow", stacklevel=2)
         scaling = config.cluster.train
         summary = train_run(
             config,

@@ -162,3 +162,16 @@ def test_a_missing_checkpoint_is_named(tmp_path: Path, capsys: pytest.CaptureFix
     assert code == 2
     assert str(missing) in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_asking_for_more_than_the_embedded_ray_has_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    greedy = {**CONFIG, "cluster": {"num_cpus": 2, "train": {"num_workers": 3}}}
+    run_dir = tmp_path / "run"
+    code = main(["run", str(_config_file(tmp_path, greedy)), "--out", str(run_dir)])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "cluster.train (num_workers × cpus_per_worker CPUs) asks for 3 CPU" in error, error
+    assert "the cluster has 2" in error
+    assert not run_dir.exists()
