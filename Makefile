@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser demo dashboard test lint format clean
+.PHONY: setup browser demo dashboard test lint format bench clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,10 @@ format: setup
 
 test: setup lint browser
 	$(BIN)/python -m pytest
+
+# Ratio benchmarks against the compute floor (benchmarks/README.md); ≤ 20 minutes on 2 cores.
+bench: setup
+	$(BIN)/python -m benchmarks.run
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

@@ -60,7 +60,7 @@ def keep_ray_on_loopback() -> None:
         ray_constants.ENABLE_RAY_CLUSTER = False
 
 
-def init_local_ray(num_cpus: int | None = None) -> None:
+def init_local_ray(num_cpus: int | None = None, resources: dict[str, float] | None = None) -> None:
     """Start an embedded single-machine Ray bound to 127.0.0.1; a no-op if Ray is running."""
     if ray.is_initialized():
         return
@@ -68,6 +68,7 @@ def init_local_ray(num_cpus: int | None = None) -> None:
     ray.init(
         address="local",  # always a new instance: never a stale or RAY_ADDRESS cluster
         num_cpus=num_cpus,
+        resources=resources,
         include_dashboard=False,
         _node_ip_address=LOOPBACK,
         logging_level=logging.WARNING,
