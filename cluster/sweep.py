@@ -23,15 +23,17 @@ import logging
 import os
 import socket
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import ray
 import ray._private.ray_constants as ray_constants
 import torch
 from ray.exceptions import RayError, RayTaskError
-from torch import Tensor, nn
+from torch import nn
 from tqdm.auto import tqdm
 
 from robustness.jobs import Job, run_job
@@ -92,11 +94,30 @@ def threads_for(cpus: float) -> int:
     return max(1, int(cpus))
 
 
+# Each worker process keeps the models of the sweep it serves, deserialised and on its device:
+# a task then costs its own work, not another copy of the models (measured: 4.4× the
+# in-process time on 0.1 s jobs when every task deserialised them).
+_WORKER_MODELS: dict[str, dict[str, nn.Module]] = {}
+
+
+def _models_on(reference: ray.ObjectRef, device: torch.device) -> dict[str, nn.Module]:
+    key = f"{reference.hex()}/{device}"
+    if key not in _WORKER_MODELS:
+        _WORKER_MODELS.clear()  # one sweep's models at a time
+        models: dict[str, nn.Module] = ray.get(reference)
+        _WORKER_MODELS[key] = {name: model.to(device) for name, model in models.items()}
+    return _WORKER_MODELS[key]
+
+
 @ray.remote
 def evaluate_job(
-    job: Job, models: dict[str, nn.Module], images: Tensor, labels: Tensor
+    job: Job, models_box: list[ray.ObjectRef], images: np.ndarray, labels: np.ndarray
 ) -> tuple[list[dict[str, Any]], float, str, str]:
-    """Run one job on a worker: (rows, wall seconds, node, worker)."""
+    """Run one job on a worker: (rows, wall seconds, node, worker).
+
+    `images`/`labels` arrive as numpy arrays: Ray maps them from the object store without a
+    copy (torch tensors would be copied whole into every task). `models_box` holds the models'
+    ObjectRef unresolved, so that each worker fetches the models once (`_models_on`)."""
     context = ray.get_runtime_context()
     resources = context.get_assigned_resources()
     # Threads come from the task's own CPU share, not from the node it landed on, so that a
@@ -105,9 +126,12 @@ def evaluate_job(
     torch.set_grad_enabled(True)  # attacks need gradients (as in evaluate_run)
     # A task given (a share of) a GPU runs there; Ray sets CUDA_VISIBLE_DEVICES to its GPU.
     device = torch.device("cuda" if resources.get("GPU", 0) > 0 else "cpu")
-    models = {name: model.to(device) for name, model in models.items()}
+    models = _models_on(models_box[0], device)
+    with warnings.catch_warnings():  # read-only view; run_job copies the shard it uses
+        warnings.simplefilter("ignore", UserWarning)
+        split_images, split_labels = torch.from_numpy(images), torch.from_numpy(labels)
     start = time.perf_counter()
-    rows = run_job(job, models, images, labels, device=device)
+    rows = run_job(job, models, split_images, split_labels, device=device)
     # Simulated nodes share a hostname: the node id tells them apart.
     node = f"{socket.gethostname()}/{context.get_node_id()[:8]}"
     return rows, time.perf_counter() - start, node, f"pid-{os.getpid()}"
@@ -165,9 +189,9 @@ def run_sweep_on_ray(
         return stats
 
     # Put once: every task gets these refs, so the models are serialised once per sweep.
-    models_ref = ray.put(sweep.models)
-    images_ref = ray.put(sweep.images)
-    labels_ref = ray.put(sweep.labels)
+    models_box = [ray.put(sweep.models)]
+    images_ref = ray.put(sweep.images.numpy())
+    labels_ref = ray.put(sweep.labels.numpy())
     # Retries are the driver's (below), not Ray's, so the driver knows each job's attempt count.
     task = evaluate_job.options(
         num_cpus=num_cpus_per_task,
@@ -184,7 +208,7 @@ def run_sweep_on_ray(
     in_flight: dict[ray.ObjectRef, tuple[Job, int]] = {}  # ref -> (job, attempt number)
 
     def submit(job: Job, attempt: int) -> None:
-        ref = task.remote(job, models_ref, images_ref, labels_ref)
+        ref = task.remote(job, models_box, images_ref, labels_ref)
         in_flight[ref] = (job, attempt)
         stats.submitted += 1
         stats.max_in_flight_seen = max(stats.max_in_flight_seen, len(in_flight))

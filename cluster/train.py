@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,12 +67,20 @@ def scaling_config(scaling: TrainScalingConfig) -> ScalingConfig:
 
 @ray.remote(num_cpus=0)
 class ProgressRelay:
-    """Counts rank 0's batches so that the driver can draw the progress bar."""
+    """Counts rank 0's batches so that the driver can draw the progress bar, and stamps the
+    end of each epoch (after its checkpoint is reported) on one clock."""
 
     def __init__(self) -> None:
         self.batches = 0
         self.total = 0
         self.postfix: dict[str, Any] = {}
+        self.epoch_ends: list[float] = []
+
+    def epoch_done(self) -> None:
+        self.epoch_ends.append(time.monotonic())
+
+    def read_epoch_ends(self) -> list[float]:
+        return self.epoch_ends
 
     def start(self, done: int, total: int) -> None:
         self.batches, self.total = done, total
@@ -170,6 +178,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 }
                 torch.save(state, Path(directory) / STATE_FILE)
                 ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory))
+                loop_config["progress"].epoch_done.remote()
             else:
                 ray.train.report(metrics)
 
@@ -192,6 +201,9 @@ class FitRequest:
     model: AttentionNet
     config: RunConfig
     run_dir: Path
+    # Filled by `fit_many_on_ray`: when each epoch trained here ended, checkpoint reported
+    # (monotonic seconds of one clock; differences are epoch times, overheads included).
+    epoch_ends: list[float] = field(default_factory=list)
 
 
 def _trainer(request: FitRequest, relay: Any) -> TorchTrainer:
@@ -252,6 +264,8 @@ def fit_many_on_ray(
     finally:
         done.set()
         watcher.join()
+    for request, relay in zip(requests, relays, strict=True):
+        request.epoch_ends = ray.get(relay.read_epoch_ends.remote())
     return [_load_result(path, r.model) for path, r in zip(paths, requests, strict=True)]
 
 

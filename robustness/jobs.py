@@ -141,7 +141,8 @@ def run_job(
     missing = [v for v in job.variants if v not in models]
     if missing:
         raise KeyError(f"job {job.job_id} needs variants {missing}; given {sorted(models)}")
-    x = images[job.shard_start : job.shard_stop].to(device)  # (n, 3, H, W)
+    # A copy: `images` may be a read-only view of Ray's object store.
+    x = images[job.shard_start : job.shard_stop].to(device, copy=True)  # (n, 3, H, W)
     y = labels[job.shard_start : job.shard_stop].cpu()  # (n, A)
     if job.family in (Family.CLEAN, Family.NOISE, Family.CORRUPTION):
         return _run_image_job(job, models, x, y)

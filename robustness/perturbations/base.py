@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar, TypeVar
@@ -104,6 +105,20 @@ def check_images(images: Tensor) -> None:
 
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed % 2**63)
+
+
+@contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """Attacks need gradients with respect to the input only. Without this, every attack step
+    also computes (and accumulates) gradients for every weight: measured ~20% slower PGD."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for parameter in trainable:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter in trainable:
+            parameter.requires_grad_(True)
 
 
 class Perturbation(ABC):
@@ -229,7 +244,7 @@ class Attack(Perturbation):
         # foolbox and AutoAttack draw from torch's global generator: seed it for this attack
         # only, and give the caller its random state back afterwards.
         devices = [images.device] if images.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), frozen_parameters(model):
             torch.manual_seed(seed)
             outcome = self._attack(model, images, labels, checked, generator)
         for eps, adversarial in outcome.adversarials.items():
