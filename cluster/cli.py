@@ -26,7 +26,21 @@ from iamt.data import DatasetError
 from iamt.workflow import RunDirectoryError, train_run
 
 # User mistakes: print the message, exit 2, no traceback.
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, RunDirectoryError, RunDataError)
+USER_ERRORS: tuple[type[Exception], ...] = (
+    ConfigError,
+    DatasetError,
+    CheckpointError,
+    RunDirectoryError,
+    RunDataError,
+)
+
+
+def _user_errors(command: str) -> tuple[type[Exception], ...]:
+    if command != "run":  # only `run` imports Ray
+        return USER_ERRORS
+    from cluster.sweep import ClusterUnreachableError
+
+    return (*USER_ERRORS, ClusterUnreachableError)
 
 
 def _add_set_argument(parser: argparse.ArgumentParser, example: str) -> None:
@@ -178,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         return handlers[args.command](args)
-    except USER_ERRORS as error:
+    except _user_errors(args.command) as error:
         print(f"iamt {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -25,7 +25,7 @@ from typing import Any
 import ray
 import torch
 
-from cluster.sweep import connect, init_local_ray, run_sweep_on_ray
+from cluster.sweep import check_reachable, connect, init_local_ray, run_sweep_on_ray
 from cluster.train import fit_on_ray
 from dashboards.report import write_report
 from iamt.config import ConfigError, RunConfig
@@ -112,7 +112,9 @@ def run_pipeline(
     parse_variants(config)
     check_run_directory(run_dir, config, force=force, ignore=IGNORED_BY_TRAINING)
     joining = ray_address(address, config)
-    if not joining:  # an embedded Ray never grows: what does not fit would wait forever
+    if joining:
+        check_reachable(joining)  # seconds, not minutes of Ray's retries
+    else:  # an embedded Ray never grows: what does not fit would wait forever
         too_big = check_resources_fit(config, embedded_resources(config))
         if too_big:
             raise ConfigError("; ".join(too_big) + " (lower the asks or set cluster.num_cpus)")

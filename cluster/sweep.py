@@ -79,10 +79,36 @@ def init_local_ray(num_cpus: int | None = None, resources: dict[str, float] | No
     )
 
 
+class ClusterUnreachableError(ConnectionError):
+    """The Ray cluster to join does not answer; the message names the address."""
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast when `host:port` (or `ray://host:port`) does not answer: `ray.init` would
+    retry for minutes. `auto` is left to Ray, which fails at once when no cluster runs."""
+    if address in {"auto", "local"}:
+        return
+    target = address.removeprefix("ray://")
+    host, separator, port = target.rpartition(":")
+    if not separator or not port.isdigit():
+        raise ClusterUnreachableError(
+            f"Ray address {address!r} is not host:port, ray://host:port or auto "
+            "(the Jobs API's http:// address is for `ray job submit`, not for joining)"
+        )
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        raise ClusterUnreachableError(
+            f"no Ray cluster answers at {address!r} ({error.strerror or error}); start one with "
+            "`ray start --head`, or leave --address/RAY_ADDRESS unset for an embedded local Ray"
+        ) from None
+
+
 def connect(address: str) -> None:
     """Join an existing Ray cluster (e.g. `auto` or RAY_ADDRESS); a no-op if already joined."""
     if ray.is_initialized():
         return
+    check_reachable(address)
     ray.init(address=address, logging_level=logging.WARNING)
 
 

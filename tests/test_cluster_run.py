@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -174,4 +175,20 @@ def test_asking_for_more_than_the_embedded_ray_has_is_refused_before_any_work(
     error = capsys.readouterr().err
     assert "cluster.train (num_workers × cpus_per_worker CPUs) asks for 3 CPU" in error, error
     assert "the cluster has 2" in error
+    assert not run_dir.exists()
+
+
+def test_an_unreachable_cluster_fails_fast_with_its_address(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    run_dir = tmp_path / "run"
+    started = time.monotonic()
+    code = main(["run", str(_config_file(tmp_path)), "--out", str(run_dir), "--address", address])
+    assert code == 2
+    assert time.monotonic() - started < 30  # Ray alone retries for minutes
+    error = capsys.readouterr().err
+    assert f"no Ray cluster answers at {address!r}" in error, error
     assert not run_dir.exists()
