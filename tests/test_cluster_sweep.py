@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 import ray
 
@@ -159,3 +160,20 @@ def test_the_embedded_ray_runs_on_loopback_and_init_is_idempotent() -> None:
     nodes = [node for node in ray.nodes() if node["Alive"]]
     assert [node["NodeManagerAddress"] for node in nodes] == ["127.0.0.1"]
     assert ray.cluster_resources()["CPU"] == 2
+
+
+def test_the_embedded_ray_listens_on_loopback_only(ray_run_dir: Path) -> None:
+    """Every listening socket of this driver and of the Ray processes it started (GCS, raylet,
+    object manager, workers) is on 127.0.0.1: nothing of an embedded sweep is reachable from
+    the network (DESIGN §7)."""
+    del ray_run_dir  # the sweep has run: its workers exist too
+    driver = psutil.Process()
+    listening = [
+        (process.pid, process.name(), connection.laddr)
+        for process in [driver, *driver.children(recursive=True)]
+        for connection in process.net_connections(kind="inet")
+        if connection.status == psutil.CONN_LISTEN
+    ]
+    assert len(listening) >= 3, listening  # GCS, raylet, object manager at least
+    exposed = [entry for entry in listening if entry[2].ip not in {"127.0.0.1", "::1"}]
+    assert not exposed, exposed
