@@ -17,6 +17,17 @@ from typing import Any
 import pandas as pd
 
 
+def _umask() -> int:
+    current = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(current)
+    return current
+
+
+# mkstemp creates files readable by their owner only; a run directory is read by others too
+# (the dashboard, colleagues on a shared file system), so files get the usual 0666 & ~umask.
+FILE_MODE = 0o666 & ~_umask()
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path`, else it is removed."""
@@ -27,6 +38,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         yield Path(temporary)
         with open(temporary, "rb") as written:
             os.fsync(written.fileno())
+        os.chmod(temporary, FILE_MODE)
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):

@@ -4,6 +4,7 @@ failures recorded, resume, backpressure. One Ray instance serves the whole modul
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -162,6 +163,12 @@ def test_the_embedded_ray_runs_on_loopback_and_init_is_idempotent() -> None:
     assert ray.cluster_resources()["CPU"] == 2
 
 
+def _is_loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 is 127.0.0.1
+    return bool(address.is_loopback or (mapped is not None and mapped.is_loopback))
+
+
 def test_the_embedded_ray_listens_on_loopback_only(ray_run_dir: Path) -> None:
     """Every listening socket of this driver and of the Ray processes it started (GCS, raylet,
     object manager, workers) is on 127.0.0.1: nothing of an embedded sweep is reachable from
@@ -175,5 +182,5 @@ def test_the_embedded_ray_listens_on_loopback_only(ray_run_dir: Path) -> None:
         if connection.status == psutil.CONN_LISTEN
     ]
     assert len(listening) >= 3, listening  # GCS, raylet, object manager at least
-    exposed = [entry for entry in listening if entry[2].ip not in {"127.0.0.1", "::1"}]
+    exposed = [entry for entry in listening if not _is_loopback(entry[2].ip)]
     assert not exposed, exposed

@@ -199,3 +199,15 @@ def test_adopting_a_checkpoint_keeps_the_same_model_s_sweep_and_clears_another_s
         assert not (run_dir / stale).exists(), stale
     adopted, _ = load_checkpoint(run_dir / "checkpoints" / "normal")
     assert all(a.equal(b) for a, b in zip(adopted.parameters(), model.parameters(), strict=True))
+
+
+def test_run_files_are_readable_like_any_file_the_user_writes(tiny_run_dir: Path) -> None:
+    """Atomic writes go through mkstemp (0600); the run's files must follow the umask instead."""
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for name in ["manifest.json", "clean.csv", "checkpoints/normal.safetensors"]:
+        mode = stat.S_IMODE((tiny_run_dir / name).stat().st_mode)
+        assert mode == 0o666 & ~umask, (name, oct(mode))
