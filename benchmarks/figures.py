@@ -32,7 +32,7 @@ from iamt.data import Split, load_split
 from iamt.model import Architecture, AttentionNet, build_model
 from iamt.train import channel_statistics, seed_everything, train_model
 from iamt.workflow import train_run
-from robustness.jobs import Job, predict_all, run_job
+from robustness.jobs import predict_all, run_job
 from robustness.perturbations import (
     Attack,
     Family,
@@ -502,9 +502,6 @@ def train_benchmark_model(work: Path, quick: bool) -> tuple[Path, RunConfig]:
     return run_dir, config
 
 
-__all__ = ["FIGURES", "Bench", "Figure", "Job", "start_ray", "throughputs"]
-
-
 def selected(names: Sequence[str] | None) -> list[str]:
     if not names:
         return list(FIGURES)
@@ -512,3 +509,14 @@ def selected(names: Sequence[str] | None) -> list[str]:
     if unknown:
         raise SystemExit(f"unknown figure(s) {unknown}; valid: {', '.join(FIGURES)}")
     return list(names)
+
+
+__all__ = [
+    "FIGURES",
+    "Bench",
+    "Figure",
+    "selected",
+    "start_ray",
+    "throughputs",
+    "train_benchmark_model",
+]

@@ -73,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     names = selected(args.only)
     started = time.perf_counter()
-    label = f"{platform.node()} ({machine()['cpu_model']}, {machine()['cpu_count']} CPUs" + (
+    host = machine()
+    label = f"{platform.node()} ({host['cpu_model']}, {host['cpu_count']} CPUs" + (
         f", {torch.cuda.get_device_name()})" if args.use_gpu else ")"
     )
     with tempfile.TemporaryDirectory(prefix="iamt-bench-") as scratch:
@@ -105,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out,
         {
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "machine": machine(),
+            "machine": host,
             "parameters": {
                 "repeats": args.repeats,
                 "quick": args.quick,
