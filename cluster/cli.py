@@ -181,17 +181,25 @@ def _dashboard(args: argparse.Namespace) -> int:
     return run_dashboard(args.runs, port=args.port, host=args.host)
 
 
+HANDLERS = {
+    "run": _run,
+    "train": _train,
+    "evaluate": _evaluate,
+    "report": _report,
+    "dashboard": _dashboard,
+}
+
+
+def execute(argv: Sequence[str] | None = None) -> int:
+    """Run one `iamt` command and let its errors propagate (tests assert on their types)."""
+    args = build_parser().parse_args(argv)
+    return HANDLERS[args.command](args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {
-        "run": _run,
-        "train": _train,
-        "evaluate": _evaluate,
-        "report": _report,
-        "dashboard": _dashboard,
-    }
     try:
-        return handlers[args.command](args)
+        return HANDLERS[args.command](args)
     except _user_errors(args.command) as error:
         print(f"iamt {args.command}: error: {error}", file=sys.stderr)
         return 2

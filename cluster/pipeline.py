@@ -29,13 +29,7 @@ from cluster.sweep import check_reachable, connect, init_local_ray, run_sweep_on
 from cluster.train import fit_on_ray
 from dashboards.report import write_report
 from iamt.config import ConfigError, RunConfig
-from iamt.workflow import (
-    IGNORED_BY_TRAINING,
-    adopt_checkpoint,
-    check_run_directory,
-    parse_variants,
-    train_run,
-)
+from iamt.workflow import adopt_checkpoint, prepare_train_run, train_run
 from robustness.runner import evaluate_run, update_manifest
 
 
@@ -109,8 +103,7 @@ def run_pipeline(
 ) -> PipelineResult:
     started = time.perf_counter()
     # 1. Everything cheap is checked before Ray starts or a file is written.
-    parse_variants(config)
-    check_run_directory(run_dir, config, force=force, ignore=IGNORED_BY_TRAINING)
+    inputs = prepare_train_run(config, run_dir, force=force)  # config, run dir, data
     joining = ray_address(address, config)
     if joining:
         check_reachable(joining)  # seconds, not minutes of Ray's retries
@@ -137,6 +130,7 @@ def run_pipeline(
             fit=fit_on_ray(config, run_dir, restart=force, show_progress=show_progress),
             trainer=f"Ray Train, {scaling.num_workers} worker(s)"
             + (", GPU" if scaling.use_gpu else ""),
+            inputs=inputs,
         )
         update_manifest(run_dir, status="running", stage="sweep", ray=where, error=None)
         sweep = config.cluster.sweep
@@ -151,6 +145,7 @@ def run_pipeline(
                 num_cpus_per_task=sweep.num_cpus,
                 num_gpus_per_task=sweep.num_gpus,
                 resources_per_task=sweep.resources,
+                memory_mb_per_task=sweep.memory_mb,
             ),
         )
         report_path = None

@@ -37,6 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from robustness.jobs import Job, run_job
+from robustness.limits import JobMemoryError, memory_cap
 from robustness.perturbations import Family
 from robustness.results import failure_record, write_part
 from robustness.runner import Sweep
@@ -137,13 +138,18 @@ def _models_on(reference: ray.ObjectRef, device: torch.device) -> dict[str, nn.M
 
 @ray.remote
 def evaluate_job(
-    job: Job, models_box: list[ray.ObjectRef], images: np.ndarray, labels: np.ndarray
+    job: Job,
+    models_box: list[ray.ObjectRef],
+    images: np.ndarray,
+    labels: np.ndarray,
+    memory_mb: float | None = None,
 ) -> tuple[list[dict[str, Any]], float, str, str]:
     """Run one job on a worker: (rows, wall seconds, node, worker).
 
     `images`/`labels` arrive as numpy arrays: Ray maps them from the object store without a
     copy (torch tensors would be copied whole into every task). `models_box` holds the models'
-    ObjectRef unresolved, so that each worker fetches the models once (`_models_on`)."""
+    ObjectRef unresolved, so that each worker fetches the models once (`_models_on`).
+    `memory_mb` caps what the job may allocate (`robustness.limits.memory_cap`)."""
     context = ray.get_runtime_context()
     resources = context.get_assigned_resources()
     # Threads come from the task's own CPU share, not from the node it landed on, so that a
@@ -157,7 +163,8 @@ def evaluate_job(
         warnings.simplefilter("ignore", UserWarning)
         split_images, split_labels = torch.from_numpy(images), torch.from_numpy(labels)
     start = time.perf_counter()
-    rows = run_job(job, models, split_images, split_labels, device=device)
+    with memory_cap(memory_mb):
+        rows = run_job(job, models, split_images, split_labels, device=device)
     # Simulated nodes share a hostname: the node id tells them apart.
     node = f"{socket.gethostname()}/{context.get_node_id()[:8]}"
     return rows, time.perf_counter() - start, node, f"pid-{os.getpid()}"
@@ -192,10 +199,14 @@ def run_sweep_on_ray(
     num_cpus_per_task: float = 1,
     num_gpus_per_task: float = 0,
     resources_per_task: dict[str, float] | None = None,
+    memory_mb_per_task: float | None = None,
     show_progress: bool = True,
     on_update: OnUpdate | None = None,
 ) -> RaySweepStats:
     """Run every pending job of `sweep` as a Ray task. Ray must be initialised.
+
+    `memory_mb_per_task` is Ray's `memory` resource for scheduling and each job's allocation
+    cap; a job that exceeds it is recorded at once (a rerun would need the same memory).
 
     Appends to `sweep.timings` and `sweep.failures` like `run_sweep_locally`; call
     `finish_sweep(sweep)` afterwards to merge the parts.
@@ -223,6 +234,7 @@ def run_sweep_on_ray(
         num_cpus=num_cpus_per_task,
         num_gpus=num_gpus_per_task,
         resources=resources_per_task or {},
+        memory=None if memory_mb_per_task is None else memory_mb_per_task * 2**20,
         max_retries=0,
         retry_exceptions=False,
     )
@@ -234,7 +246,7 @@ def run_sweep_on_ray(
     in_flight: dict[ray.ObjectRef, tuple[Job, int]] = {}  # ref -> (job, attempt number)
 
     def submit(job: Job, attempt: int) -> None:
-        ref = task.remote(job, models_box, images_ref, labels_ref)
+        ref = task.remote(job, models_box, images_ref, labels_ref, memory_mb_per_task)
         in_flight[ref] = (job, attempt)
         stats.submitted += 1
         stats.max_in_flight_seen = max(stats.max_in_flight_seen, len(in_flight))
@@ -250,7 +262,7 @@ def run_sweep_on_ray(
             try:
                 rows, wall, node, worker = ray.get(ref)
             except RayError as error:  # the job raised or its worker died
-                if attempt <= max_retries:
+                if attempt <= max_retries and not isinstance(_cause(error), JobMemoryError):
                     stats.retried += 1
                     submit(job, attempt + 1)
                     continue

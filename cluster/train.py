@@ -40,7 +40,7 @@ from ray.train.torch import TorchTrainer
 from tqdm.auto import tqdm
 
 from cluster.sweep import threads_for
-from iamt.checkpoint import load_checkpoint, save_checkpoint
+from iamt.checkpoint import load_checkpoint, load_tensor_state, save_checkpoint
 from iamt.config import RunConfig, TrainScalingConfig, parse_config
 from iamt.data import AttributeDataset, Split, iterate_batches, load_split
 from iamt.data.base import num_batches
@@ -127,7 +127,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as directory:
             restored, _ = load_checkpoint(Path(directory) / MODEL_STEM)
             model.load_state_dict(restored.state_dict())
-            state = torch.load(Path(directory) / STATE_FILE, weights_only=True)
+            state = load_tensor_state(Path(directory) / STATE_FILE)
         if state["train_config"] != config.train.model_dump(mode="json"):
             raise RuntimeError(
                 "the Ray Train checkpoint in the run directory was made with another `train` "
@@ -239,7 +239,7 @@ def _load_result(checkpoint_path: str, model: AttentionNet) -> list[EpochRecord]
     directory = Path(checkpoint_path)
     trained, _ = load_checkpoint(directory / MODEL_STEM)
     model.load_state_dict(trained.state_dict())
-    state = torch.load(directory / STATE_FILE, weights_only=True)
+    state = load_tensor_state(directory / STATE_FILE)
     return [EpochRecord(**record) for record in state["history"]]
 
 

@@ -15,6 +15,8 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from dashboards.rundata import RunDataError
+
 APP_PATH = Path(__file__).resolve().parent / "app.py"
 RUNS_ENV = "IAMT_RUNS_DIR"
 DEFAULT_HOST = "127.0.0.1"
@@ -49,24 +51,20 @@ def dashboard_environment(runs: Path, base: dict[str, str] | None = None) -> dic
 def run_dashboard(runs: Path, *, port: int, host: str = DEFAULT_HOST) -> int:
     """Serve the dashboard over the run directories under `runs` until interrupted.
 
-    Returns the server's exit code, or 2 (with a message on stderr) when `runs` is not a
-    directory or the port is out of range.
+    Returns the server's exit code. Raises `RunDataError` when `runs` is not a directory or
+    the port is out of range, before the server starts.
     """
     runs = Path(runs)
     if not runs.is_dir():
         what = "is not a directory" if runs.exists() else "does not exist"
-        print(
-            f"iamt dashboard: error: runs directory {str(runs)!r} {what} "
-            "(pass --runs DIR, a folder holding run directories written by `iamt train`)",
-            file=sys.stderr,
+        raise RunDataError(
+            f"runs directory {str(runs)!r} {what} "
+            "(pass --runs DIR, a folder holding run directories written by `iamt train`)"
         )
-        return 2
     if not 0 < port < 65536:
-        print(f"iamt dashboard: error: port {port} is not in 1..65535", file=sys.stderr)
-        return 2
+        raise RunDataError(f"port {port} is not in 1..65535")
     if not APP_PATH.is_file():
-        print(f"iamt dashboard: error: the app {APP_PATH} is missing", file=sys.stderr)
-        return 2
+        raise RunDataError(f"the app {APP_PATH} is missing")
     command = streamlit_command(port, host, APP_PATH)
     env = dashboard_environment(runs)
     print(f"serving runs in {env[RUNS_ENV]} at http://{host}:{port}", file=sys.stderr)

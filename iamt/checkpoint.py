@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -96,6 +98,22 @@ def load_checkpoint(
     model.load_state_dict(state, strict=True)
     model.eval()
     return model, metadata
+
+
+def load_tensor_state(path: Path) -> Any:
+    """A `torch.save`d file of tensors, numbers, strings and containers (Ray Train's resume
+    state), loaded with `weights_only=True`: a file holding anything else, such as a pickle
+    that would run code, is refused without running it."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"training state {str(path)!r} does not exist")
+    try:
+        return torch.load(path, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise CheckpointError(
+            f"{path}: refused: not a plain tensor file (pickled objects are never loaded, "
+            f"they can run code): {first_line}"
+        ) from None
 
 
 def _check_state_fits(model: AttentionNet, state: dict[str, torch.Tensor], path: Path) -> None:

@@ -251,6 +251,11 @@ class SweepResourcesConfig(Section):
     resources: dict[str, float] = Field(
         default_factory=dict, description="custom Ray resources per task, e.g. {evaluator: 1}"
     )
+    memory_mb: PositiveFloat | None = Field(
+        None,
+        description="per evaluator task: Ray schedules by it, and a job allocating more fails "
+        "alone (recorded in failures.csv, not retried); null = no cap",
+    )
     max_in_flight: PositiveInt = Field(8, description="jobs outstanding at once (backpressure)")
     max_retries: NonNegativeInt = Field(2, description="resubmissions of a failed job")
 

@@ -20,6 +20,7 @@ import os
 import platform
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -33,7 +34,12 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from iamt.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
+from iamt.checkpoint import (
+    CheckpointError,
+    checkpoint_paths,
+    load_checkpoint,
+    save_checkpoint,
+)
 from iamt.config import ConfigError, RunConfig, config_to_yaml, parse_config
 from iamt.data import AttributeDataset, Split, TensorAttributeDataset, as_tensors, load_split
 from iamt.importance import channel_importance, importance_table, localisation_ratio
@@ -104,9 +110,26 @@ def check_run_directory(
                 f"{run_dir} holds a run with a different config (changed: "
                 f"{', '.join(changed)}); use another --out, or --force to start it afresh"
             )
+    check_writable(run_dir)
+
+
+def check_writable(run_dir: Path) -> None:
+    """Refuse an output directory that cannot be created or written, before any work.
+
+    The test is a real one (a temporary file, removed at once): `os.access` says yes to root on
+    read-only or virtual filesystems, and cannot see quotas or ACLs."""
     probe = run_dir if run_dir.exists() else _first_existing_parent(run_dir)
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise RunDirectoryError(f"output directory {str(probe)!r} is not writable")
+    if not probe.is_dir():
+        raise RunDirectoryError(
+            f"output directory {str(run_dir)!r} cannot be created: {str(probe)!r} is a file"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as error:
+        raise RunDirectoryError(
+            f"output directory {str(probe)!r} is not writable ({error.strerror or error})"
+        ) from None
 
 
 def _resolved(raw: dict[str, Any]) -> dict[str, Any]:
@@ -151,7 +174,13 @@ def clear_evaluation(run_dir: Path) -> None:
 def adopt_checkpoint(source: Path, run_dir: Path, config: RunConfig, *, force: bool) -> None:
     """Copy a checkpoint trained elsewhere (`iamt run --checkpoint`) into `run_dir`, so that
     training is skipped. It must load, pass its SHA-256 check and fit `config.model`."""
-    stem = source.with_suffix("") if source.suffix in {".json", ".safetensors"} else source
+    if source.suffix not in {"", ".json", ".safetensors"}:
+        raise CheckpointError(
+            f"--checkpoint {str(source)!r}: expected a checkpoint stem (STEM.safetensors + "
+            f"STEM.json, e.g. runs/demo/checkpoints/normal); {source.suffix} files are refused "
+            "because this project never unpickles a file (a pickle can run code when loaded)"
+        )
+    stem = source.with_suffix("") if source.suffix else source
     model, metadata = load_checkpoint(stem)
     architecture = model.architecture
     wanted = {
@@ -188,6 +217,34 @@ def adopt_checkpoint(source: Path, run_dir: Path, config: RunConfig, *, force: b
 
 
 @dataclass
+class TrainInputs:
+    """What `train_run` needs, validated and loaded before anything is written."""
+
+    variants: dict[str, MaskTransform]
+    device: torch.device
+    train_set: AttributeDataset
+    val_set: AttributeDataset
+    test_set: AttributeDataset
+
+
+def prepare_train_run(config: RunConfig, run_dir: Path, *, force: bool) -> TrainInputs:
+    """Validate the config against the run directory and load the three splits. Raises the
+    user's mistake (config, run directory, dataset) before a file is written or Ray starts."""
+    variants = parse_variants(config)
+    # The robustness section does not change the model (`iamt evaluate --set` may edit it),
+    # and the cluster section only says where things run.
+    check_run_directory(run_dir, config, force=force, ignore=IGNORED_BY_TRAINING)
+    device = resolve_device(config.train.device)
+    return TrainInputs(
+        variants,
+        device,
+        train_set=load_split(config.data, Split.TRAIN, config.seed),
+        val_set=load_split(config.data, Split.VAL, config.seed),
+        test_set=load_split(config.data, Split.TEST, config.seed),
+    )
+
+
+@dataclass
 class TrainRunSummary:
     run_dir: Path
     trained: bool
@@ -204,20 +261,18 @@ def train_run(
     fit: Fit | None = None,
     trainer: str = "single process",
     retrain: bool | None = None,
+    inputs: TrainInputs | None = None,
 ) -> TrainRunSummary:
     """`fit` trains the model (default: this process); `trainer` says which, for the manifest.
-    `force` accepts a changed config and, unless `retrain` says otherwise, trains afresh."""
+    `force` accepts a changed config and, unless `retrain` says otherwise, trains afresh.
+    `inputs` is `prepare_train_run`'s result when the caller validated first (`iamt run`)."""
     # 1. Validate everything cheap before writing anything.
-    variants = parse_variants(config)
-    # The robustness section does not change the model (`iamt evaluate --set` may edit it),
-    # and the cluster section only says where things run.
-    check_run_directory(run_dir, config, force=force, ignore=IGNORED_BY_TRAINING)
-    device = resolve_device(config.train.device)
+    if inputs is None:
+        inputs = prepare_train_run(config, run_dir, force=force)
+    variants, device = inputs.variants, inputs.device
+    train_set, val_set, test_set = inputs.train_set, inputs.val_set, inputs.test_set
     if config.train.num_threads is not None:
         torch.set_num_threads(config.train.num_threads)
-    train_set = load_split(config.data, Split.TRAIN, config.seed)
-    val_set = load_split(config.data, Split.VAL, config.seed)
-    test_set = load_split(config.data, Split.TEST, config.seed)
 
     # 2. The run directory: config first, then a manifest that says we are running.
     started = time.perf_counter()

@@ -15,8 +15,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,9 @@ from robustness.schema import (
 )
 
 NORMAL = "normal"
+# Read as text: a hex job id such as "3874285363113e16" or "0123..." would parse as a number,
+# and an outcomes string would lose its leading zeros.
+PART_DTYPES = {"job_id": str, "outcomes": str, "source_variant": str}
 
 
 # --------------------------------------------------------------------------- part files
@@ -68,9 +72,67 @@ def finished_job_ids(run_dir: Path) -> set[str]:
     return {path.stem for path in folder.glob("*.csv")} if folder.is_dir() else set()
 
 
+def quarantine_dir(run_dir: Path) -> Path:
+    return run_dir / "quarantine"
+
+
+def part_problem(path: Path, variants: Collection[str], attributes: Collection[str]) -> str | None:
+    """Why the part file at `path` cannot be trusted as its job's result, or None if it can.
+
+    Parts are written atomically, so a bad one was damaged afterwards (a full disk, a copy cut
+    short, a hand edit). Checked: it parses, has the part columns, belongs to its job, covers
+    every variant and attribute, and each row's outcomes agree with its `n` and `correct`."""
+    text = path.read_bytes()
+    if not text.endswith(b"\n"):
+        return "truncated: it does not end with a newline"
+    try:
+        frame = pd.read_csv(path, dtype=PART_DTYPES)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        return f"unreadable CSV: {str(error).strip().splitlines()[0]}"
+    if list(frame.columns) != PART_COLUMNS:
+        return f"columns {list(frame.columns)} are not the part columns"
+    if frame.empty:
+        return "no rows"
+    if set(frame["job_id"].astype(str)) != {path.stem}:
+        return f"rows of job(s) {sorted(set(frame['job_id'].astype(str)))[:3]}, not {path.stem}"
+    if set(frame["variant"]) != set(variants) or set(frame["attribute"]) != set(attributes):
+        return "rows missing for some variant or attribute"
+    for row in frame.itertuples():
+        outcomes = row.outcomes if isinstance(row.outcomes, str) else ""
+        if (
+            len(outcomes) != row.n
+            or set(outcomes) - {"0", "1"}
+            or outcomes.count("1") != row.correct
+        ):
+            return f"row {row.Index + 1}: outcomes disagree with n={row.n}, correct={row.correct}"
+    return None
+
+
+def quarantine_corrupt_parts(
+    run_dir: Path, variants: Collection[str], attributes: Collection[str]
+) -> list[dict[str, str]]:
+    """Move every untrustworthy part file into `run_dir/quarantine/` (kept for inspection, never
+    deleted), so that its job counts as not done and runs again. Returns what was moved."""
+    moved = []
+    folder = parts_dir(run_dir)
+    for path in sorted(folder.glob("*.csv")) if folder.is_dir() else []:
+        problem = part_problem(path, variants, attributes)
+        if problem is None:
+            continue
+        target = quarantine_dir(run_dir) / path.name
+        for copy in itertools.count(1):
+            if not target.exists():
+                break
+            target = target.with_name(f"{path.stem}.{copy}.csv")
+        target.parent.mkdir(exist_ok=True)
+        path.rename(target)
+        moved.append({"job_id": path.stem, "problem": problem, "moved_to": str(target)})
+    return moved
+
+
 def read_parts(run_dir: Path, job_ids: Iterable[str]) -> pd.DataFrame:
     frames = [
-        pd.read_csv(part_path(run_dir, job_id), dtype={"outcomes": str, "source_variant": str})
+        pd.read_csv(part_path(run_dir, job_id), dtype=PART_DTYPES)
         for job_id in sorted(job_ids)
     ]
     if not frames:
@@ -370,6 +432,6 @@ def write_timings(run_dir: Path, timings: Sequence[Mapping[str, Any]]) -> None:
     path = run_dir / "timings.csv"
     frame = pd.DataFrame(list(timings), columns=TIMING_COLUMNS)
     if path.is_file():
-        earlier = pd.read_csv(path)
+        earlier = pd.read_csv(path, dtype={"job_id": str})
         frame = pd.concat([earlier[~earlier["job_id"].isin(frame["job_id"])], frame])
     write_csv(path, frame.sort_values("job_id", kind="mergesort"))

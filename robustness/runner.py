@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from robustness.results import (
     failure_record,
     finished_job_ids,
     merge_results,
+    quarantine_corrupt_parts,
     read_parts,
     summarize,
     write_failures,
@@ -53,6 +55,7 @@ class Sweep:
     jobs: list[Job]
     failures: list[dict[str, Any]] = field(default_factory=list)
     timings: list[dict[str, Any]] = field(default_factory=list)
+    quarantined: list[dict[str, str]] = field(default_factory=list)  # damaged parts moved aside
 
     @property
     def pending(self) -> list[Job]:
@@ -103,7 +106,15 @@ def prepare_sweep(run_dir: Path, config: RunConfig) -> Sweep:
     ids = [job.job_id for job in jobs]
     if len(set(ids)) != len(ids):
         raise AssertionError("two jobs of one sweep share a job_id")
-    return Sweep(run_dir, config, models, transforms, images, labels, jobs)
+    # A damaged part would otherwise count as done forever: move it aside and rerun its job.
+    quarantined = quarantine_corrupt_parts(run_dir, list(models), attribute_names)
+    for item in quarantined:
+        warnings.warn(
+            f"part file of job {item['job_id']} is damaged ({item['problem']}); moved to "
+            f"{item['moved_to']} and the job will run again",
+            stacklevel=2,
+        )
+    return Sweep(run_dir, config, models, transforms, images, labels, jobs, quarantined=quarantined)
 
 
 def timed_run(job: Job, sweep: Sweep) -> tuple[list[dict[str, Any]], float]:
@@ -206,6 +217,8 @@ def evaluate_run(
             jobs={"total": total, "done": done, "failed": failed},
         )
 
+    if sweep.quarantined:
+        update_manifest(run_dir, quarantined_parts=sweep.quarantined)
     progress(len(sweep.jobs) - len(sweep.pending), 0, len(sweep.jobs))
     torch.set_grad_enabled(True)  # attacks need gradients
     run_sweep(sweep, show_progress=show_progress, on_update=progress)

@@ -184,3 +184,80 @@ def test_the_embedded_ray_listens_on_loopback_only(ray_run_dir: Path) -> None:
     assert len(listening) >= 3, listening  # GCS, raylet, object manager at least
     exposed = [entry for entry in listening if not _is_loopback(entry[2].ip)]
     assert not exposed, exposed
+
+
+def test_a_job_over_its_memory_cap_fails_alone_and_is_not_retried(
+    tiny_run: TrainRunSummary, tmp_path: Path
+) -> None:
+    """Clean and noise jobs over 4,000 images at batch 4,000 need hundreds of MB; FGSM on 16
+    images needs a few. With a 100 MB cap the big ones fail, by name, the rest complete."""
+    run_dir = _copy(tiny_run.run_dir, tmp_path / "run")
+    raw = {**TINY, "data": {**TINY["data"], "n_test": 4000}}
+    raw["robustness"] = {
+        "shard_size": 4000,
+        "batch_size": 4000,
+        "noise": {"types": ["gaussian"], "strengths": [0.1], "n_samples": 4000},
+        "corruptions": {"names": [], "severities": [1], "n_samples": 1},
+        "attacks": {"linf_epsilons": [0.03], "n_samples": 16, "methods": [{"name": "fgsm"}]},
+    }
+    sweep = prepare_sweep(run_dir, parse_config(raw))
+
+    stats = run_sweep_on_ray(sweep, max_retries=2, memory_mb_per_task=100, show_progress=False)
+    counts = finish_sweep(sweep)
+
+    big = {job.job_id for job in sweep.jobs if job.family in (Family.CLEAN, Family.NOISE)}
+    small = {job.job_id for job in sweep.jobs} - big
+    failures = pd.read_csv(run_dir / "failures.csv")
+    assert set(failures["job_id"]) == big and small
+    assert failures["error"].str.contains("JobMemoryError").all()
+    assert failures["error"].str.contains("memory cap of 100 MB").all()
+    assert (failures["attempts"] == 1).all() and stats.retried == 0  # it would fail again
+    assert {p.stem for p in (run_dir / "parts").glob("*.csv")} == small
+    assert counts == {"total": len(sweep.jobs), "done": len(small), "failed": len(big)}
+
+    # The same workers serve uncapped jobs afterwards: the cap was lifted after each job.
+    shutil.rmtree(run_dir / "parts")
+    sweep = prepare_sweep(run_dir, parse_config(raw))
+    run_sweep_on_ray(sweep, show_progress=False)
+    assert not sweep.failures and not sweep.pending
+
+
+@pytest.mark.e2e
+def test_load_10000_tiny_jobs_bounded_exactly_once_and_flat_driver_memory(
+    tiny_run: TrainRunSummary, tmp_path: Path
+) -> None:
+    jobs, bound = 10_000, 32
+    run_dir = _copy(tiny_run.run_dir, tmp_path / "run")
+    raw = {**TINY, "data": {**TINY["data"], "n_test": jobs}}
+    raw["robustness"] = {  # one clean job per image
+        "shard_size": 1,
+        "batch_size": 1,
+        "noise": {"types": [], "strengths": [0.1], "n_samples": jobs},
+        "corruptions": {"names": [], "severities": [1], "n_samples": 1},
+        "attacks": {"methods": [], "n_samples": 1},
+    }
+    sweep = prepare_sweep(run_dir, parse_config(raw))
+    sweep.jobs = [job for job in sweep.jobs if job.family is Family.CLEAN]
+    assert len(sweep.jobs) == jobs
+    driver = psutil.Process()
+    start_rss, peak_rss = driver.memory_info().rss, 0
+
+    def sample(done: int, failed: int, total: int) -> None:
+        nonlocal peak_rss
+        peak_rss = max(peak_rss, driver.memory_info().rss)
+
+    stats = run_sweep_on_ray(
+        sweep, max_in_flight=bound, max_retries=0, show_progress=False, on_update=sample
+    )
+    counts = finish_sweep(sweep)
+
+    assert stats.max_in_flight_seen == bound  # reached, never exceeded
+    assert (stats.submitted, stats.finished, stats.failed) == (jobs, jobs, 0)
+    assert counts == {"total": jobs, "done": jobs, "failed": 0}
+    results = pd.read_csv(run_dir / "results.csv")
+    rows = results.groupby("job_id").size()
+    assert set(rows.index) == {job.job_id for job in sweep.jobs}  # every job present...
+    assert (rows == 2 * 4).all()  # ...exactly once: 2 variants × 4 attributes each
+    assert sorted(results["shard_start"].unique()) == list(range(jobs))
+    growth_mb = (peak_rss - start_rss) / 2**20
+    assert growth_mb < 300, f"driver RSS grew {growth_mb:.0f} MB over the sweep"

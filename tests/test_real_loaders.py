@@ -63,6 +63,10 @@ CELEBA_PARTITION = [0, 0, 0, 0, 1, 1, 1, 2, 2]  # 4 train, 3 valid, 2 test, in f
 
 @pytest.fixture
 def celeba_root(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    return write_celeba(tmp_path)
+
+
+def write_celeba(tmp_path: Path) -> tuple[Path, np.ndarray]:
     """root/celeba/ as the official archive unpacks: aligned JPEGs and the five list files."""
     folder = tmp_path / "celeba"
     (folder / "img_align_celeba").mkdir(parents=True)
@@ -166,6 +170,10 @@ PER_BATCH, TEST_COUNT = 4, 5  # 10000 records per file in the real thing
 
 @pytest.fixture
 def cifar_root(tmp_path: Path) -> tuple[Path, dict[int, int]]:
+    return write_cifar(tmp_path)
+
+
+def write_cifar(tmp_path: Path) -> tuple[Path, dict[int, int]]:
     """root/cifar-10-batches-bin/ as the binary tarball unpacks; record k has red plane == k."""
     folder = tmp_path / "cifar-10-batches-bin"
     folder.mkdir()
@@ -251,7 +259,7 @@ COLOURS = ["red", "green", "blue"]
 COUNTS = [2, 10, 3]  # integer labels: classes sort numerically, "2" < "3" < "10"
 
 
-def _write_folder(root: Path, n: int = 12, split_column: bool = False) -> list[dict[str, str]]:
+def write_folder(root: Path, n: int = 12, split_column: bool = False) -> list[dict[str, str]]:
     (root / "imgs").mkdir(parents=True)
     rows = []
     for i in range(n):
@@ -274,7 +282,7 @@ def _folder_rows(dataset: AttributeDataset) -> list[int]:
 
 
 def test_folder_seeded_split_and_labels(tmp_path: Path) -> None:
-    rows = _write_folder(tmp_path)
+    rows = write_folder(tmp_path)
     kwargs = {"image_size": 20, "seed": 1, "val_fraction": 0.25, "test_fraction": 0.25}
     parts = {s: load_folder(tmp_path, split=s, **kwargs) for s in Split}  # type: ignore[arg-type]
     assert [len(parts[s]) for s in Split] == [6, 3, 3]
@@ -297,7 +305,7 @@ def test_folder_seeded_split_and_labels(tmp_path: Path) -> None:
 
 
 def test_folder_split_column_attribute_choice_and_limit(tmp_path: Path) -> None:
-    rows = _write_folder(tmp_path, split_column=True)
+    rows = write_folder(tmp_path, split_column=True)
     val = load_folder(tmp_path, split=Split.VAL, image_size=8, seed=0, attributes=["count"])
     assert _folder_rows(val) == [i for i, r in enumerate(rows) if r["split"] == "val"]
     assert [s.name for s in val.attributes] == ["count"]
@@ -313,7 +321,7 @@ def test_folder_construction_errors(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"attributes\.csv"):
         load_folder(tmp_path, split=Split.TRAIN, image_size=8, seed=0)
     root = tmp_path / "ok"
-    _write_folder(root)
+    write_folder(root)
     with pytest.raises(
         DatasetError, match=r"\['shape'\].*valid attribute columns are: colour, count"
     ):
@@ -324,21 +332,30 @@ def test_folder_construction_errors(tmp_path: Path) -> None:
 
 
 def test_folder_refuses_bad_split_values(tmp_path: Path) -> None:
-    _write_folder(tmp_path, split_column=True)
+    write_folder(tmp_path, split_column=True)
     csv = tmp_path / "attributes.csv"
     csv.write_text(csv.read_text().replace(",val\n", ",valid\n"))
     with pytest.raises(DatasetError, match=r"\['valid'\]; valid are: train, val, test"):
         load_folder(tmp_path, split=Split.TRAIN, image_size=8, seed=0)
 
 
-def test_folder_refuses_grayscale_and_truncated_images(tmp_path: Path) -> None:
-    _write_folder(tmp_path, n=4, split_column=True)  # rows 0, 1 train
+def test_folder_refuses_grayscale_and_truncated_images_when_loading(tmp_path: Path) -> None:
+    write_folder(tmp_path, n=4, split_column=True)  # rows 0, 1 train; 2 val; 3 test
     Image.new("L", (12, 12), 128).save(tmp_path / "imgs" / "00.jpg")
     broken = tmp_path / "imgs" / "01.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), np.uint8)).save(broken)
     broken.write_bytes(broken.read_bytes()[:300])
-    train = load_folder(tmp_path, split=Split.TRAIN, image_size=8, seed=0)  # checks no pixels yet
+    # Loading decodes every image of the split, so the first bad file fails before any work.
     with pytest.raises(DatasetError, match=r"00\.jpg has mode 'L'"):
-        train[0]
+        load_folder(tmp_path, split=Split.TRAIN, image_size=8, seed=0)
+    Image.new("RGB", (12, 12), (1, 2, 3)).save(tmp_path / "imgs" / "00.jpg")
+    with pytest.raises(DatasetError, match=r"cannot read image .*01\.png"):
+        load_folder(tmp_path, split=Split.TRAIN, image_size=8, seed=0)
+    assert len(load_folder(tmp_path, split=Split.VAL, image_size=8, seed=0)) == 1  # others fine
+    # A file damaged after loading still fails by name when it is read.
+    broken.unlink()
+    Image.new("RGB", (12, 12), (1, 2, 3)).save(broken)
+    train = load_folder(tmp_path, split=Split.TRAIN, image_size=8, seed=0)
+    broken.write_bytes(broken.read_bytes()[:40])
     with pytest.raises(DatasetError, match=r"cannot read image .*01\.png"):
         train[1]

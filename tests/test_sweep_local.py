@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 from cluster.cli import main
 from iamt.config import ConfigError, RunConfig, load_run_config, parse_config
 from iamt.workflow import TrainRunSummary
-from robustness import runner
+from robustness import results, runner
 from robustness.jobs import Job, expand_sweep, run_job
 from robustness.perturbations import Family
 from robustness.schema import RESULT_COLUMNS, SANITY_COLUMNS
@@ -205,3 +206,70 @@ def test_evaluate_cli_refuses_bad_overrides_before_any_work(
 def test_load_run_config_needs_a_run_directory(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="is not a run directory"):
         load_run_config(tmp_path)
+
+
+def _damage_truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-25])  # cut mid-row
+
+
+def _damage_drop_rows(path: Path) -> None:
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:3]))  # whole rows gone: parses, but variants/attributes lack
+
+
+def _damage_flip_outcome(path: Path) -> None:
+    text = path.read_text()
+    header, first, rest = text.split("\n", 2)
+    flipped = first[:-1] + ("0" if first[-1] == "1" else "1")  # correct no longer agrees
+    path.write_text(f"{header}\n{flipped}\n{rest}")
+
+
+def _damage_garbage(path: Path) -> None:
+    path.write_bytes(b"\x00\xff\x00garbage\n")
+
+
+@pytest.mark.parametrize(
+    "damage", [_damage_truncate, _damage_drop_rows, _damage_flip_outcome, _damage_garbage]
+)
+def test_a_damaged_part_is_quarantined_reported_and_its_job_recomputed(
+    evaluated_run_dir: Path, tmp_path: Path, damage: Any
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(evaluated_run_dir, run_dir)
+    config = _config()
+    sweep = runner.prepare_sweep(run_dir, config)
+    assert not sweep.pending and not sweep.quarantined  # every intact part passes the checks
+    victim = sorted((run_dir / "parts").glob("*.csv"))[3]
+    damage(victim)
+    damaged_bytes = victim.read_bytes()
+    others = {p.name: p.stat().st_mtime_ns for p in (run_dir / "parts").glob("*.csv")}
+    others.pop(victim.name)
+
+    with pytest.warns(UserWarning, match=f"part file of job {victim.stem} is damaged"):
+        counts = runner.evaluate_run(run_dir, config, show_progress=False)
+
+    assert counts["failed"] == 0 and counts["done"] == counts["total"]
+    kept = run_dir / "quarantine" / victim.name
+    assert kept.read_bytes() == damaged_bytes  # kept for inspection, never deleted
+    for name in ["results.csv", "summary.csv"]:  # the recomputed job equals the original
+        assert _sha(run_dir / name) == _sha(evaluated_run_dir / name), name
+    assert {p.name: p.stat().st_mtime_ns for p in (run_dir / "parts").glob("*.csv")} == {
+        **others,
+        victim.name: (run_dir / "parts" / victim.name).stat().st_mtime_ns,
+    }  # nothing else was recomputed
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert [item["job_id"] for item in manifest["quarantined_parts"]] == [victim.stem]
+
+
+@pytest.mark.parametrize("job_id", ["3874285363113e16", "0123456789012345", "inf"])
+def test_job_ids_that_look_like_numbers_survive_the_part_files(
+    evaluated_run_dir: Path, tmp_path: Path, job_id: str
+) -> None:
+    source = sorted((evaluated_run_dir / "parts").glob("*.csv"))[0]
+    rows = pd.read_csv(source, dtype=str, keep_default_na=False).to_dict("records")
+    for row in rows:
+        row["job_id"] = job_id
+    results.write_part(tmp_path, rows)
+    frame = results.read_parts(tmp_path, [job_id])
+    assert set(frame["job_id"]) == {job_id}
+    assert frame["outcomes"].tolist() == [row["outcomes"] for row in rows]

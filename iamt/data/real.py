@@ -12,7 +12,7 @@ binary distribution, not the pickled "python version" that torchvision's `CIFAR1
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -290,6 +290,25 @@ def _class_names(values: pd.Series) -> tuple[str, ...]:
     return tuple(names)
 
 
+@contextlib.contextmanager
+def _open_rgb(path: Path, draft_size: int | None = None) -> Iterator[Image.Image]:
+    """The decoded RGB image at `path`; a `DatasetError` naming the file if it is not one.
+    `draft_size` lets a JPEG decode at a reduced scale (1/2 to 1/8) no smaller than it."""
+    try:
+        with Image.open(path) as image:  # reads the header only
+            if image.mode != "RGB":
+                raise DatasetError(
+                    f"image {path} has mode {image.mode!r}; only RGB images are accepted "
+                    f"(convert it first, e.g. with PIL's image.convert('RGB'))"
+                )
+            if draft_size is not None:
+                image.draft("RGB", (draft_size, draft_size))
+            image.load()  # decode now, so a truncated file fails here with its name
+            yield image
+    except (OSError, SyntaxError) as error:  # PIL reports broken files with either
+        raise DatasetError(f"cannot read image {path}: {error}") from error
+
+
 class FolderAttributeDataset(torch.utils.data.Dataset[tuple[Tensor, Tensor]]):
     """Images listed in `attributes.csv`, decoded on access; see `load_folder`."""
 
@@ -309,18 +328,15 @@ class FolderAttributeDataset(torch.utils.data.Dataset[tuple[Tensor, Tensor]]):
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        path = self.files[index]
-        try:
-            with Image.open(path) as image:  # reads the header only
-                if image.mode != "RGB":
-                    raise DatasetError(
-                        f"image {path} has mode {image.mode!r}; only RGB images are accepted "
-                        f"(convert it first, e.g. with PIL's image.convert('RGB'))"
-                    )
-                image.load()  # decode now, so a truncated file fails here with its name
-                return self._transform(image), self.labels[index]
-        except (OSError, SyntaxError) as error:  # PIL reports broken files with either
-            raise DatasetError(f"cannot read image {path}: {error}") from error
+        with _open_rgb(self.files[index]) as image:
+            return self._transform(image), self.labels[index]
+
+    def check_images(self, image_size: int) -> None:
+        """Decode every image once (JPEGs at reduced scale), so that an unreadable, truncated
+        or non-RGB file is refused, by name, before any work starts rather than mid-training."""
+        for path in self.files:
+            with _open_rgb(path, draft_size=image_size):
+                pass
 
     def __repr__(self) -> str:
         names = ", ".join(spec.name for spec in self.attributes)
@@ -348,7 +364,8 @@ def load_folder(
 
     Images must be RGB (other modes are refused, naming the file); they may differ in size and
     are all resized to `image_size` x `image_size` (antialiased, aspect ratio not kept). The CSV
-    and the presence of every file are checked here; images are decoded on access.
+    is checked here, and every image of the split is decoded once (JPEGs at reduced scale) so a
+    broken or non-RGB file is refused by name before any work; training decodes on access.
     """
     root = _require(Path(root), "image folder")
     csv_path = _require(root / "attributes.csv", "label file")
@@ -400,6 +417,8 @@ def load_folder(
             len(frame), split, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction
         )
     part = part[:limit]
-    return FolderAttributeDataset(
+    dataset = FolderAttributeDataset(
         [files[i] for i in part], labels[torch.as_tensor(part, dtype=torch.long)], specs, image_size
     )
+    dataset.check_images(image_size)
+    return dataset
