@@ -132,8 +132,7 @@ def quarantine_corrupt_parts(
 
 def read_parts(run_dir: Path, job_ids: Iterable[str]) -> pd.DataFrame:
     frames = [
-        pd.read_csv(part_path(run_dir, job_id), dtype=PART_DTYPES)
-        for job_id in sorted(job_ids)
+        pd.read_csv(part_path(run_dir, job_id), dtype=PART_DTYPES) for job_id in sorted(job_ids)
     ]
     if not frames:
         return pd.DataFrame(columns=PART_COLUMNS)
