@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from scipy.special import ndtri
 from scipy.stats import binomtest
 
 __all__ = [
@@ -96,8 +97,17 @@ def wilson_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[flo
         raise ValueError(f"a confidence interval needs n > 0 samples, got n={n}")
     if not 0 <= correct <= n:
         raise ValueError(f"correct must be within 0..n={n}, got {correct}")
-    interval = binomtest(correct, n).proportion_ci(confidence_level=confidence, method="wilson")
-    return float(interval.low), float(interval.high)
+    # Newcombe (1998)'s form, term for term as scipy's binomtest(...).proportion_ci("wilson")
+    # computes it (the tests compare the two), without its 0.4 ms of set-up per call: a
+    # results.csv of a 10,000-job sweep has 80,000 rows.
+    p = correct / n
+    z = float(ndtri(0.5 + 0.5 * confidence))
+    denom = 2 * (n + z**2)
+    center = (2 * n * p + z**2) / denom
+    delta = z / denom * math.sqrt(4 * n * p * (1 - p) + z**2)
+    low = 0.0 if correct == 0 else center - delta
+    high = 1.0 if correct == n else center + delta
+    return float(low), float(high)
 
 
 # --------------------------------------------------------------------------- paired comparison

@@ -15,8 +15,11 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import json
+import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from iamt.io import write_csv
+from iamt.io import write_csv, write_text
 from robustness.jobs import Job
 from robustness.metrics import (
     area_under_curve,
@@ -60,11 +63,25 @@ def part_path(run_dir: Path, job_id: str) -> Path:
     return parts_dir(run_dir) / f"{job_id}.csv"
 
 
+def _cell(value: Any) -> str:
+    """A part file's cell as `write_csv` would print it: floats as %.6g, missing as empty."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
 def write_part(run_dir: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """One job's rows, atomically. Written with the csv module rather than pandas: the driver
+    writes one part per finished job, and pandas cost 4 ms of the driver's time per part."""
     if not rows:
         raise ValueError("a job produced no rows")
-    frame = pd.DataFrame(list(rows), columns=PART_COLUMNS)
-    write_csv(part_path(run_dir, str(rows[0]["job_id"])), frame)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(PART_COLUMNS)
+    writer.writerows([_cell(row.get(column)) for column in PART_COLUMNS] for row in rows)
+    write_text(part_path(run_dir, str(rows[0]["job_id"])), buffer.getvalue())
 
 
 def finished_job_ids(run_dir: Path) -> set[str]:
@@ -131,12 +148,19 @@ def quarantine_corrupt_parts(
 
 
 def read_parts(run_dir: Path, job_ids: Iterable[str]) -> pd.DataFrame:
-    frames = [
-        pd.read_csv(part_path(run_dir, job_id), dtype=PART_DTYPES) for job_id in sorted(job_ids)
-    ]
-    if not frames:
+    """The rows of the given jobs' parts, in job_id order, parsed as one CSV (one pandas parse
+    instead of one per part, which cost 3 ms a part)."""
+    header = ",".join(PART_COLUMNS)
+    bodies = []
+    for job_id in sorted(job_ids):
+        path = part_path(run_dir, job_id)
+        first, _, body = path.read_text().partition("\n")
+        if first != header:
+            raise ValueError(f"{path}: not a part file (header {first[:80]!r})")
+        bodies.append(body)
+    if not bodies:
         return pd.DataFrame(columns=PART_COLUMNS)
-    return pd.concat(frames, ignore_index=True)
+    return pd.read_csv(io.StringIO(header + "\n" + "".join(bodies)), dtype=PART_DTYPES)
 
 
 # --------------------------------------------------------------------------- results.csv

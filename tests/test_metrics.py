@@ -34,6 +34,16 @@ def test_wilson_interval_known_value() -> None:
     assert high == pytest.approx(0.9433, abs=5e-4)
 
 
+@pytest.mark.parametrize("n", [1, 2, 7, 16, 100, 500, 2000])
+@pytest.mark.parametrize("confidence", [0.9, 0.95, 0.99])
+def test_wilson_interval_equals_scipy_bit_for_bit(n: int, confidence: float) -> None:
+    from scipy.stats import binomtest
+
+    for correct in sorted({0, 1, n // 3, n // 2, n - 1, n}):
+        reference = binomtest(correct, n).proportion_ci(confidence, method="wilson")
+        assert wilson_interval(correct, n, confidence) == (reference.low, reference.high)
+
+
 @pytest.mark.parametrize(("correct", "n"), [(1, 0), (-1, 10), (11, 10)])
 def test_wilson_interval_rejects_bad_counts(correct: int, n: int) -> None:
     with pytest.raises(ValueError, match=str(n) if n <= 0 else str(correct)):
