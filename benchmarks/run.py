@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nRay start-up {ray_startup:.1f} s (not in any figure)")
     for figure in figures:
         for key, value in figure.notes.items():
-            print(f"{figure.name}: {key} = {value:.3g}")
+            print(f"{figure.name}: {key} = {_note(value)}")
     print(f"\nthroughput on {label}, images/s, 1 thread" + (" + GPU" if args.use_gpu else ""))
     for key, value in rates.items():
         print(f"  {key:<32} {value:10.1f}")
@@ -131,6 +131,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(f"\nwrote {args.out} ({time.perf_counter() - started:.0f} s)")
     return 0 if all(figure.passed for figure in figures) else 1
+
+
+def _note(value: object) -> str:
+    """A note's value for the terminal: numbers to 3 digits, mappings one `key value` each."""
+    if isinstance(value, float | int):
+        return f"{value:.3g}"
+    if isinstance(value, dict):
+        return "".join(f"\n    {key:<20} {_note(item)}" for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return ", ".join(str(item) for item in value) or "(none)"
+    return str(value)
 
 
 if __name__ == "__main__":

@@ -89,7 +89,27 @@ def _headline(summary: pd.DataFrame) -> pd.DataFrame:
     return family[columns].sort_values(["variant", "family", "attribute"])
 
 
-def _methods(config: dict[str, Any], manifest: dict[str, Any]) -> str:
+def _engines(results: pd.DataFrame | None) -> str:
+    """Which implementation corrupted the images, per corruption (the `engine` column)."""
+    if results is None or "engine" not in results.columns:
+        return "imagecorruptions (reference)"
+    corrupted = results[results["family"] == "corruption"]
+    if corrupted.empty:
+        return "none run"
+    by_engine = corrupted.groupby("engine")["perturbation"].unique()
+    labels = {
+        "native": "native torch port (passed the fidelity gate against imagecorruptions)",
+        "reference": "imagecorruptions (reference, per image)",
+    }
+    return "; ".join(
+        f"{labels.get(engine, engine)}: {', '.join(sorted(names))}"
+        for engine, names in by_engine.items()
+    )
+
+
+def _methods(
+    config: dict[str, Any], manifest: dict[str, Any], results: pd.DataFrame | None = None
+) -> str:
     data, robustness = config.get("data", {}), config.get("robustness", {})
     variants = manifest.get("variants") or config.get("emphasis", {}).get("variants", {})
     attacks = robustness.get("attacks", {})
@@ -110,10 +130,11 @@ def _methods(config: dict[str, Any], manifest: dict[str, Any]) -> str:
         ),
         (
             "corruptions",
-            f"{corruptions.get('names')} (imagecorruptions, ImageNet-C) at severities "
+            f"{corruptions.get('names')} (ImageNet-C) at severities "
             f"{corruptions.get('severities')}, {corruptions.get('n_samples')} test images, "
-            "seeded per image",
+            "seeded from each job",
         ),
+        ("corruption engine", _engines(results)),
         (
             "attacks",
             "; ".join(
@@ -239,7 +260,7 @@ def write_report(run_dir: Path) -> Path:
             '<h2 class="fail">Failed jobs</h2>',
             _table(failures[["job_id", "error", "attempts"]], ["job_id", "error"]),
         ]
-    sections += ["<h2>Methods</h2>", _methods(config, manifest)]
+    sections += ["<h2>Methods</h2>", _methods(config, manifest, results)]
     if notes:
         sections += ["<h2>Notes</h2>", "<ul>"]
         sections += [f"<li>{html.escape(note)}</li>" for note in notes]

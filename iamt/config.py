@@ -157,10 +157,20 @@ class NoiseConfig(Section):
         return self
 
 
+class EngineChoice(StrEnum):
+    AUTO = "auto"  # native where it passed the fidelity gate, else reference
+    REFERENCE = "reference"  # imagecorruptions, per image on the CPU
+    NATIVE = "native"  # the batched torch port, on the job's device
+
+
 class CorruptionConfig(Section):
     names: list[str] | Literal["all"] = "all"
     severities: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
     n_samples: PositiveInt = 500
+    engine: EngineChoice = Field(EngineChoice.AUTO, description="which implementation corrupts")
+    engine_overrides: dict[str, EngineChoice] = Field(
+        default_factory=dict, description="per corruption name, e.g. {frost: reference}"
+    )
 
     @model_validator(mode="after")
     def _valid(self) -> CorruptionConfig:
@@ -168,7 +178,30 @@ class CorruptionConfig(Section):
         _check_family(names, "corruption")
         for name in names:
             _check_strengths(name, list(self.severities))
+        unknown = sorted(set(self.engine_overrides) - set(names))
+        if unknown:
+            raise ValueError(
+                f"engine_overrides names {unknown}, which are not among the sweep's "
+                f"corruptions: {', '.join(names)}"
+            )
+        for name in names:
+            self.engine_for(name)  # a native choice must exist
         return self
+
+    def engine_for(self, name: str) -> str:
+        """'native' or 'reference' for corruption `name`."""
+        from robustness.perturbations.native import NATIVE_CORRUPTIONS, native_names
+
+        choice = self.engine_overrides.get(name, self.engine)
+        spec = NATIVE_CORRUPTIONS.get(name)
+        if choice is EngineChoice.AUTO:
+            return "native" if spec is not None and spec.default else "reference"
+        if choice is EngineChoice.NATIVE and spec is None:
+            raise ValueError(
+                f"corruption {name!r} has no native engine; native ones: "
+                f"{', '.join(native_names()) or '(none)'}"
+            )
+        return choice.value
 
     def resolved_names(self) -> list[str]:
         from robustness.perturbations import Family, list_perturbations

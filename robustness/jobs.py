@@ -121,6 +121,9 @@ def _row(
         "median_distance": median,
         "seed": job.seed,
         "shard_start": job.shard_start,
+        "engine": dict(job.params).get("engine", "reference")
+        if job.family is Family.CORRUPTION
+        else None,
         "outcomes": _encode(correct),
     }
 
@@ -293,9 +296,21 @@ def expand_sweep(
                 for start, stop in sharded(robustness.noise.n_samples)
             ]
     for name in robustness.corruptions.resolved_names():
+        # The reference engine is the perturbation's default, so its jobs keep the ids they
+        # had before there was a choice; a native job says so in its params (and id).
+        engine = robustness.corruptions.engine_for(name)
+        engine_params = (("engine", engine),) if engine != "reference" else ()
         for severity in robustness.corruptions.severities:
             jobs += [
-                Job(Family.CORRUPTION, name, start, stop, strength=float(severity), **common)
+                Job(
+                    Family.CORRUPTION,
+                    name,
+                    start,
+                    stop,
+                    strength=float(severity),
+                    params=engine_params,
+                    **common,
+                )
                 for start, stop in sharded(robustness.corruptions.n_samples)
             ]
     attacks = robustness.attacks

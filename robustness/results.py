@@ -49,7 +49,7 @@ from robustness.schema import (
 NORMAL = "normal"
 # Read as text: a hex job id such as "3874285363113e16" or "0123..." would parse as a number,
 # and an outcomes string would lose its leading zeros.
-PART_DTYPES = {"job_id": str, "outcomes": str, "source_variant": str}
+PART_DTYPES = {"job_id": str, "outcomes": str, "source_variant": str, "engine": str}
 
 
 # --------------------------------------------------------------------------- part files

@@ -28,6 +28,7 @@ RESULT_COLUMNS = [
     "success_rate",
     "median_distance",
     "seed",
+    "engine",  # corruptions: reference (imagecorruptions) or native (torch); empty otherwise
 ]
 PART_COLUMNS = [
     "job_id",
@@ -44,6 +45,7 @@ PART_COLUMNS = [
     "median_distance",
     "seed",
     "shard_start",
+    "engine",
     "outcomes",
 ]
 SORT_KEY = ["family", "perturbation", "severity", "epsilon", "attribute", "variant"]

@@ -342,6 +342,18 @@ CASES = [
         ("'hail'", "frost", "zoom_blur"),
     ),
     Case(
+        "unknown corruption engine",
+        _robustness({"corruptions": {"names": ["fog"], "engine": "fast"}}),
+        ConfigError,
+        ("'fast'", "auto", "reference", "native"),
+    ),
+    Case(
+        "engine override for a corruption not swept",
+        _robustness({"corruptions": {"names": ["fog"], "engine_overrides": {"frost": "native"}}}),
+        ConfigError,
+        ("['frost']", "fog"),
+    ),
+    Case(
         "unknown attack",
         _robustness({"attacks": {"methods": [{"name": "pgd_inf"}]}}),
         ConfigError,

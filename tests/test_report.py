@@ -42,6 +42,8 @@ def test_report_images_exist_and_the_sections_are_there(run_dir: Path) -> None:
     assert "topk:k=4,alpha=2" in page
     assert "linf_pgd(steps=3)" in page and "boundary(steps=10)" in page
     assert "run seed 3" in page
+    # Which engine corrupted what: `auto` serves both of the fixture's corruptions natively.
+    assert re.search(r"corruption engine.*native torch port[^<]*: fog, pixelate", page, re.S)
     assert "<h2>Notes</h2>" not in page  # every chart was drawn
     assert "http://" not in page and "https://" not in page  # readable offline
 

@@ -273,3 +273,49 @@ def test_job_ids_that_look_like_numbers_survive_the_part_files(
     frame = results.read_parts(tmp_path, [job_id])
     assert set(frame["job_id"]) == {job_id}
     assert frame["outcomes"].tolist() == [row["outcomes"] for row in rows]
+
+
+def test_the_corruption_engine_is_chosen_per_corruption_and_recorded(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    from robustness.perturbations.native import NATIVE_CORRUPTIONS
+
+    def corruption_jobs(**corruptions: Any) -> list[Job]:
+        robustness = {**SMALL_SWEEP, "corruptions": {**SMALL_SWEEP["corruptions"], **corruptions}}
+        config = _config(**robustness)
+        jobs = expand_sweep(
+            config.robustness,
+            variants=["normal"],
+            attribute_names=["shape"],
+            n_available=128,
+            run_seed=0,
+        )
+        return [job for job in jobs if job.family is Family.CORRUPTION]
+
+    reference = corruption_jobs(engine="reference")
+    assert all(job.params == () for job in reference)  # ids as before engines existed
+    native = corruption_jobs(engine="native")
+    assert all(dict(job.params) == {"engine": "native"} for job in native)
+    assert not {job.job_id for job in native} & {job.job_id for job in reference}
+    mixed = corruption_jobs(engine="reference", engine_overrides={"fog": "native"})
+    assert {job.perturbation: dict(job.params).get("engine") for job in mixed} == {
+        "fog": "native",
+        "pixelate": None,
+    }
+    auto = corruption_jobs(engine="auto")
+    for job in auto:  # auto serves natively exactly what passed the fidelity gate
+        spec = NATIVE_CORRUPTIONS.get(job.perturbation)
+        assert (dict(job.params).get("engine") == "native") == bool(spec and spec.default)
+
+    config = _config(
+        corruptions={
+            **SMALL_SWEEP["corruptions"],
+            "engine_overrides": {"fog": "native"},
+            "engine": "reference",
+        }
+    )
+    runner.evaluate_run(run_dir, config, show_progress=False)
+    results = pd.read_csv(run_dir / "results.csv", keep_default_na=False)
+    engines = results.groupby("perturbation")["engine"].unique().to_dict()
+    assert list(engines.pop("fog")) == ["native"] and list(engines.pop("pixelate")) == ["reference"]
+    assert all(list(values) == [""] for values in engines.values())  # not a corruption

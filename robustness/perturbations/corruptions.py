@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import ClassVar
 
 import imagecorruptions
@@ -125,17 +126,44 @@ def corrupt_images(images: Tensor, name: str, severity: int, seed: int) -> Tenso
     return result.contiguous().to(device=images.device, dtype=images.dtype)
 
 
+class CorruptionEngine(StrEnum):
+    REFERENCE = "reference"  # imagecorruptions, one image at a time on the CPU (numpy)
+    NATIVE = "native"  # robustness.perturbations.native: batched torch on the batch's device
+
+
+@dataclass(frozen=True)
 class Corruption(ImagePerturbation):
-    """An ImageNet-C corruption at severity 1..5; subclasses only set `name`."""
+    """An ImageNet-C corruption at severity 1..5; subclasses only set `name`. `engine` picks
+    the reference package or the native torch port (`robustness.perturbations.native`)."""
 
     family: ClassVar[Family] = Family.CORRUPTION
     axis: ClassVar[StrengthAxis] = StrengthAxis.SEVERITY
     min_strength: ClassVar[float] = 1
     max_strength: ClassVar[float] = 5
 
+    engine: str = CorruptionEngine.REFERENCE.value
+
+    def __post_init__(self) -> None:
+        valid = [engine.value for engine in CorruptionEngine]
+        if self.engine not in valid:
+            raise PerturbationError(
+                f"{self.name}: unknown corruption engine {self.engine!r}; valid: {valid}"
+            )
+        if self.engine == CorruptionEngine.NATIVE:
+            from robustness.perturbations.native import NATIVE_CORRUPTIONS, native_names
+
+            if self.name not in NATIVE_CORRUPTIONS:
+                raise PerturbationError(
+                    f"{self.name} has no native engine; native ones: {', '.join(native_names())}"
+                )
+
     def _perturb(
         self, images: Tensor, strength: float, generator: torch.Generator, seed: int
     ) -> Tensor:
+        if self.engine == CorruptionEngine.NATIVE:
+            from robustness.perturbations.native import corrupt_natively
+
+            return corrupt_natively(images, self.name, int(strength), seed)
         # The package draws from numpy, not torch: `seed`, not `generator`, drives it.
         return corrupt_images(images, self.name, int(strength), seed)
 
@@ -176,6 +204,7 @@ __all__ = [
     "MIN_SIDE",
     "SEED_KEYWORD_CORRUPTIONS",
     "Corruption",
+    "CorruptionEngine",
     "corrupt_images",
     "corrupt_uint8",
     "image_seed",

@@ -1,0 +1,356 @@
+"""Native digital corruptions (see registry.py for the contract).
+
+Five are deterministic (`Fidelity.DETERMINISTIC`, compared image by image), one is random:
+
+- `contrast`: each channel pulled towards its image mean, (x − mean)·c + mean, clipped;
+  tabulated per image and channel over the 256 input levels, then looked up.
+- `brightness`: RGB → HSV as `skimage.color.rgb2hsv`, V + c clipped to [0, 1], back to RGB as
+  `skimage.color.hsv2rgb`.
+- `saturate`: the same HSV round trip with S·c₀ + c₁ clipped to [0, 1].
+- `pixelate`: PIL's `Image.BOX` resize down to (⌊W·c⌋, ⌊H·c⌋), then `Image.NEAREST` back up,
+  reproduced exactly: PIL's box coefficients (an input pixel counts when its centre falls in
+  the output pixel's footprint) in PIL's 22-bit fixed point, the horizontal pass rounded to
+  uint8 before the vertical one, and PIL's nearest-neighbour source indices.
+- `jpeg_compression`: a JPEG round trip at the severity's quality through libjpeg
+  (`torchvision.io.encode_jpeg` / `decode_jpeg`), whose defaults are PIL's: 4:2:0 chroma
+  subsampling, the standard tables scaled by `jpeg_set_quality` and clamped to baseline, the
+  islow DCT — the bytes are identical to PIL's. It runs on the CPU for every device (see
+  below).
+- `elastic_transform` (random): a per-pixel displacement field, uniform noise in
+  ±0.005·H smoothed by a Gaussian (σ = 0.01 × side, truncated at 3σ, scipy's `reflect`
+  border) and scaled by α, resamples the image bilinearly with a reflecting border (scipy's
+  `map_coordinates(order=1, mode="reflect")` as `grid_sample`). This reference version has no
+  random affine step.
+
+Deliberate differences from the reference:
+- `elastic_transform` draws its noise from torch's generator, not numpy's: the same seed gives a
+  different (equally distributed) field; the gate compares statistics.
+- `contrast`, `brightness` and `saturate` run in float64 from the exact k / 255, as the
+  reference does, and apply its uint8 truncation themselves (returning level / 255): their
+  results often land within 1e-12 below a uint8 step (every pixel of a flat image does), which
+  the registry's final floor, with its 1e-4 float32 slack, would round up. On the CPU they
+  match the reference bit for bit. contrast's mean is a running (cumsum) sum to add in numpy's
+  order; on CUDA the scan adds in another order, so a flat image may come out one level apart.
+- `elastic_transform` runs in float32 (the reference mixes float32 and float64): given the same
+  noise, a pixel here and there comes out one level apart.
+- `jpeg_compression` copies the uint8 batch to the host and back: libjpeg is exact, while
+  torchvision's nvJPEG path (CUDA) has its own DCT and chroma upsampling and has not been held
+  to the reference.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.io import decode_jpeg, encode_jpeg
+
+from robustness.perturbations.native.registry import Fidelity, register_native
+
+# imagecorruptions.corruptions.contrast: the factor the deviation from the mean is scaled by
+CONTRAST_FACTORS: tuple[float, ...] = (0.4, 0.3, 0.2, 0.1, 0.05)
+# imagecorruptions.corruptions.brightness: what is added to HSV's V
+BRIGHTNESS_SHIFTS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
+# imagecorruptions.corruptions.saturate: HSV's S becomes S·scale + shift
+SATURATE_PARAMETERS: tuple[tuple[float, float], ...] = (
+    (0.3, 0),
+    (0.1, 0),
+    (2, 0),
+    (5, 0.1),
+    (20, 0.2),
+)
+# imagecorruptions.corruptions.jpeg_compression: the JPEG quality
+JPEG_QUALITIES: tuple[int, ...] = (25, 18, 15, 10, 7)
+# imagecorruptions.corruptions.pixelate: the downscale factor
+PIXELATE_FACTORS: tuple[float, ...] = (0.6, 0.5, 0.4, 0.3, 0.25)
+# imagecorruptions.corruptions.elastic_transform: the displacement field's scale α
+ELASTIC_ALPHAS: tuple[float, ...] = (250 * 0.05, 250 * 0.065, 250 * 0.085, 250 * 0.1, 250 * 0.12)
+# imagecorruptions.corruptions.elastic_transform: noise amplitude and smoothing σ per side
+ELASTIC_NOISE_FRACTION = 0.005
+ELASTIC_SIGMA_FRACTION = 0.01
+ELASTIC_TRUNCATE = 3.0
+
+# Pillow's Resample.c: fixed-point bits of the 8-bit resampling coefficients
+_PIL_PRECISION_BITS = 32 - 8 - 2
+
+
+# --------------------------------------------------------------------------- float64 steps
+
+
+def _as_reference_float64(images: Tensor) -> Tensor:
+    """(N, 3, H, W) float64 k / 255 exactly, as the reference's `np.array(x) / 255.` —
+    not float32(k / 255) widened, which is off in the last bits."""
+    return (images * 255).round().double() / 255
+
+
+def _truncated_like_reference(values: Tensor, dtype: torch.dtype) -> Tensor:
+    """Apply the reference's `np.uint8(values * 255)` to float64 `values` in [0, 1] and return
+    the level / 255 in `dtype`. Contrast and the HSV round trip land many pixels (every pixel of
+    a flat image) within 1e-12 below a uint8 step, which the reference truncates one level down;
+    the registry's final floor adds 1e-4 for float32 slack and would round them up instead."""
+    return (torch.floor(values * 255) / 255).to(dtype)
+
+
+# --------------------------------------------------------------------------- contrast
+
+
+@register_native("contrast", fidelity=Fidelity.DETERMINISTIC, default=True)
+def contrast(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
+    factor = CONTRAST_FACTORS[severity - 1]
+    count, channels, height, width = images.shape
+    levels = (images * 255).round().to(torch.uint8).flatten(2)  # (N, 3, H·W)
+    # numpy's mean over (H, W) of an (H, W, 3) array adds the pixels one after another in row
+    # order; a running sum (sequential on the CPU) rounds the same way, and that matters for flat
+    # images, whose result is their mean itself, sitting on a uint8 step.
+    sums = (levels.double() / 255).cumsum(-1)[..., -1:]  # (N, 3, 1)
+    means = sums / (height * width)  # (N, 3, 1)
+    # The result is a function of the pixel's level per image and channel: tabulate it over the
+    # 256 levels (N·3·256 values in float64, not N·3·H·W) and look the pixels up.
+    grid = torch.arange(256, device=images.device, dtype=torch.float64) / 255  # (256,)
+    table = ((grid - means) * factor + means).clamp(0, 1)  # (N, 3, 256)
+    table = _truncated_like_reference(table, images.dtype)
+    return torch.gather(table, 2, levels.long()).view(count, channels, height, width)
+
+
+# --------------------------------------------------------------------------- HSV
+
+
+def _rgb_to_hsv(images: Tensor) -> Tensor:
+    """(N, 3, H, W) RGB -> (N, 3, H, W) HSV as `skimage.color.rgb2hsv`, ties included: when
+    several channels share the maximum, blue's hue formula wins over green's over red's."""
+    red, green, blue = images.unbind(1)  # each (N, H, W)
+    value = images.amax(1)
+    delta = value - images.amin(1)
+    flat = delta == 0
+    safe = torch.where(flat, torch.ones_like(delta), delta)
+    saturation = torch.where(flat, torch.zeros_like(delta), delta / torch.where(flat, 1, value))
+    hue = (green - blue) / safe
+    hue = torch.where(green == value, 2.0 + (blue - red) / safe, hue)
+    hue = torch.where(blue == value, 4.0 + (red - green) / safe, hue)
+    hue = torch.where(flat, torch.zeros_like(hue), torch.remainder(hue / 6.0, 1.0))
+    return torch.stack((hue, saturation, value), 1)
+
+
+def _hsv_to_rgb(hsv: Tensor) -> Tensor:
+    """(N, 3, H, W) HSV -> (N, 3, H, W) RGB as `skimage.color.hsv2rgb`."""
+    hue, saturation, value = hsv.unbind(1)  # each (N, H, W)
+    sector = torch.floor(hue * 6)
+    fraction = hue * 6 - sector
+    p = value * (1 - saturation)
+    q = value * (1 - fraction * saturation)
+    t = value * (1 - (1 - fraction) * saturation)
+    # Each channel takes v, p, q or t by the hue's sector (skimage's `np.choose`); `where` on
+    # (N, H, W) planes is cheaper than stacking the six candidate images and gathering.
+    sector = torch.remainder(sector, 6)  # h = 1 would wrap to sector 0, as in skimage
+    is_sector = [sector == index for index in range(6)]  # 6 × (N, H, W) bool
+    red = torch.where(
+        is_sector[1],
+        q,
+        torch.where(is_sector[4], t, torch.where(is_sector[2] | is_sector[3], p, value)),
+    )
+    green = torch.where(
+        is_sector[0],
+        t,
+        torch.where(is_sector[3], q, torch.where(is_sector[4] | is_sector[5], p, value)),
+    )
+    blue = torch.where(
+        is_sector[5],
+        q,
+        torch.where(is_sector[2], t, torch.where(is_sector[0] | is_sector[1], p, value)),
+    )
+    return torch.stack((red, green, blue), 1)
+
+
+@register_native("brightness", fidelity=Fidelity.DETERMINISTIC, default=True)
+def brightness(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
+    shift = BRIGHTNESS_SHIFTS[severity - 1]
+    hsv = _rgb_to_hsv(_as_reference_float64(images))
+    hsv = torch.cat((hsv[:, :2], (hsv[:, 2:] + shift).clamp(0, 1)), 1)
+    return _truncated_like_reference(_hsv_to_rgb(hsv).clamp(0, 1), images.dtype)
+
+
+@register_native("saturate", fidelity=Fidelity.DETERMINISTIC, default=True)
+def saturate(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
+    scale, shift = SATURATE_PARAMETERS[severity - 1]
+    hsv = _rgb_to_hsv(_as_reference_float64(images))
+    hsv = torch.cat((hsv[:, :1], (hsv[:, 1:2] * scale + shift).clamp(0, 1), hsv[:, 2:]), 1)
+    return _truncated_like_reference(_hsv_to_rgb(hsv).clamp(0, 1), images.dtype)
+
+
+# --------------------------------------------------------------------------- pixelate
+
+
+@lru_cache(maxsize=64)
+def _pil_box_matrix(in_size: int, out_size: int, device: torch.device) -> Tensor:
+    """(out, in) float64 matrix of Pillow's 8-bit BOX coefficients, as integers in 22-bit fixed
+    point (Resample.c: `precompute_coeffs` with `box_filter`, then `normalize_coeffs_8bpc`).
+    Built once per size on the host; float64 holds the integer sums exactly."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 0.5 * filterscale
+    rows = []
+    for xx in range(out_size):
+        center = (xx + 0.5) * scale
+        xmin = max(int(center - support + 0.5), 0)
+        xmax = min(int(center + support + 0.5), in_size)
+        weights = [0.0] * in_size
+        for x in range(xmin, xmax):
+            u = (x - center + 0.5) / filterscale
+            weights[x] = 1.0 if -0.5 < u <= 0.5 else 0.0
+        total = sum(weights)
+        fixed = [
+            float(int(0.5 + (w / total if total else w) * (1 << _PIL_PRECISION_BITS)))
+            for w in weights
+        ]
+        rows.append(fixed)
+    return torch.tensor(rows, dtype=torch.float64, device=device)
+
+
+@lru_cache(maxsize=64)
+def _pil_nearest_indices(in_size: int, out_size: int, device: torch.device) -> Tensor:
+    """(out,) source indices of Pillow's NEAREST resize (`ImagingScaleAffine`): the source
+    coordinate starts at scale/2 and is advanced by repeated addition, so its float rounding
+    is reproduced too."""
+    scale = in_size / out_size
+    position = scale * 0.5
+    indices = []
+    for _ in range(out_size):
+        indices.append(min(int(position), in_size - 1))
+        position += scale
+    return torch.tensor(indices, dtype=torch.long, device=device)
+
+
+def _pil_box_pass(values: Tensor, matrix: Tensor) -> Tensor:
+    """Resample the last axis of integer-valued float64 `values` (…, in) with a fixed-point
+    (out, in) matrix, rounding and clipping to uint8 as Pillow does after each pass."""
+    accumulated = values @ matrix.T + float(1 << (_PIL_PRECISION_BITS - 1))  # (…, out)
+    return torch.floor(accumulated / float(1 << _PIL_PRECISION_BITS)).clamp(0, 255)
+
+
+@register_native("pixelate", fidelity=Fidelity.DETERMINISTIC, default=True)
+def pixelate(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
+    factor = PIXELATE_FACTORS[severity - 1]
+    _, _, height, width = images.shape
+    small_height, small_width = int(height * factor), int(width * factor)
+    device = images.device
+    pixels = (images.double() * 255).round()  # (N, 3, H, W) integer valued
+    # Horizontal pass first, rounded to uint8, then the vertical one (Pillow's order).
+    across = _pil_box_pass(pixels, _pil_box_matrix(width, small_width, device))  # (N, 3, H, w)
+    down = _pil_box_pass(
+        across.transpose(2, 3), _pil_box_matrix(height, small_height, device)
+    ).transpose(2, 3)  # (N, 3, h, w)
+    rows = _pil_nearest_indices(small_height, height, device)  # (H,)
+    columns = _pil_nearest_indices(small_width, width, device)  # (W,)
+    up = down[:, :, rows][:, :, :, columns]  # (N, 3, H, W)
+    return (up / 255).to(images.dtype)
+
+
+# --------------------------------------------------------------------------- jpeg
+
+
+@register_native("jpeg_compression", fidelity=Fidelity.DETERMINISTIC, default=True)
+def jpeg_compression(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
+    quality = JPEG_QUALITIES[severity - 1]
+    pixels = (images * 255).round().clamp(0, 255).to(torch.uint8)  # (N, 3, H, W)
+    # libjpeg on the CPU whatever the batch's device: its bytes are PIL's, bit for bit; nvJPEG
+    # (torchvision's CUDA path) has its own DCT and chroma upsampling and is not verified
+    # against the reference. This is the module's one deliberate host round trip.
+    on_host = list(pixels.cpu().unbind(0))  # N × (3, H, W)
+    with warnings.catch_warnings():
+        # torchvision 0.29 deprecates its image codecs in favour of torchcodec on every call.
+        warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities")
+        encoded = encode_jpeg(on_host, quality=quality)
+        decoded = decode_jpeg(encoded)
+    result = torch.stack(decoded, 0).to(device=images.device, dtype=images.dtype)
+    return result / 255  # (N, 3, H, W)
+
+
+# --------------------------------------------------------------------------- elastic
+
+
+@lru_cache(maxsize=64)
+def _gaussian_taps(sigma: float) -> tuple[float, ...]:
+    """The centre and one side of scipy.ndimage's normalised 1-D Gaussian kernel (radius
+    int(truncate·σ + 0.5)), as plain floats: (w₀, w₁, …, w_r)."""
+    radius = int(ELASTIC_TRUNCATE * sigma + 0.5)
+    weights = [math.exp(-0.5 * offset**2 / sigma**2) for offset in range(-radius, radius + 1)]
+    total = sum(weights)
+    return tuple(weight / total for weight in weights[radius:])
+
+
+def _reflect_pad(values: Tensor, radius: int, dim: int) -> Tensor:
+    """Pad `dim` by `radius` with scipy's `reflect` border (half-sample: d c b a | a b c d),
+    which is not torch's `reflect` (whole-sample: d c b | a b c d)."""
+    if radius == 0:
+        return values
+    size = values.shape[dim]
+    index = torch.arange(-radius, size + radius, device=values.device)
+    period = 2 * size
+    index = torch.remainder(index, period)
+    index = torch.where(index >= size, period - 1 - index, index)
+    return values.index_select(dim, index)
+
+
+def _gaussian_filter(field: Tensor, sigma_y: float, sigma_x: float) -> Tensor:
+    """(N, C, H, W) smoothed along H then W like `scipy.ndimage.gaussian_filter`, which also
+    sums a symmetric kernel as w₀·x + Σₖ wₖ·(x₋ₖ + x₊ₖ)."""
+    for dim, sigma in ((2, sigma_y), (3, sigma_x)):
+        taps = _gaussian_taps(sigma)
+        radius = len(taps) - 1
+        padded = _reflect_pad(field, radius, dim)
+        length = field.shape[dim]
+        smoothed = padded.narrow(dim, radius, length) * taps[0]
+        for offset in range(1, radius + 1):
+            pair = padded.narrow(dim, radius - offset, length) + padded.narrow(
+                dim, radius + offset, length
+            )
+            smoothed = smoothed + pair * taps[offset]
+        field = smoothed
+    return field
+
+
+def _elastic_warp(images: Tensor, noise: Tensor, alpha: float) -> Tensor:
+    """Warp (N, 3, H, W) `images` by the uniform `noise` (N, 2, H, W) (channel 0 the column
+    shift, 1 the row shift), smoothed and scaled by `alpha`, as the reference's
+    `map_coordinates(order=1, mode="reflect")`."""
+    _, _, height, width = images.shape
+    device = images.device
+    shift = (
+        _gaussian_filter(noise, height * ELASTIC_SIGMA_FRACTION, width * ELASTIC_SIGMA_FRACTION)
+        * alpha
+    )  # (N, 2, H, W) in pixels
+    ys = torch.arange(height, device=device, dtype=torch.float32)[:, None]  # (H, 1)
+    xs = torch.arange(width, device=device, dtype=torch.float32)[None, :]  # (1, W)
+    # grid_sample's normalised coordinates with align_corners=False: pixel p ↔ (2p + 1)/S − 1;
+    # its reflection about the outer pixel edges is scipy's half-sample `reflect`.
+    grid_x = (2 * (xs + shift[:, 0]) + 1) / width - 1  # (N, H, W)
+    grid_y = (2 * (ys + shift[:, 1]) + 1) / height - 1  # (N, H, W)
+    grid = torch.stack((grid_x, grid_y), -1)  # (N, H, W, 2)
+    warped = F.grid_sample(
+        images, grid, mode="bilinear", padding_mode="reflection", align_corners=False
+    )
+    return warped.clamp(0, 1)
+
+
+@register_native("elastic_transform", fidelity=Fidelity.RANDOM, default=True)
+def elastic_transform(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
+    alpha = ELASTIC_ALPHAS[severity - 1]
+    count, _, height, _ = images.shape
+    amplitude = height * ELASTIC_NOISE_FRACTION  # the reference uses H for both axes
+    noise = torch.rand(count, 2, *images.shape[2:], generator=generator, device=images.device)
+    noise = (noise * 2 - 1) * amplitude  # (N, 2, H, W): uniform(−a, a), dx then dy
+    return _elastic_warp(images, noise, alpha)
+
+
+__all__ = [
+    "brightness",
+    "contrast",
+    "elastic_transform",
+    "jpeg_compression",
+    "pixelate",
+    "saturate",
+]
