@@ -3,6 +3,7 @@
     iamt run CONFIG [--set key=value ...] [--out RUN_DIR] [--address ADDR] [--checkpoint STEM]
     iamt train CONFIG [--set key=value ...] [--out RUN_DIR] [--force]
     iamt evaluate RUN_DIR [--set robustness.key=value ...]
+    iamt search RUN_DIR [--set search.key=value ...] [--address ADDR]
     iamt report RUN_DIR
     iamt dashboard [--runs DIR] [--port N] [--host ADDRESS]
 
@@ -36,7 +37,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
 
 
 def _user_errors(command: str) -> tuple[type[Exception], ...]:
-    if command != "run":  # only `run` imports Ray
+    if command not in ("run", "search"):  # only these import Ray
         return USER_ERRORS
     from cluster.sweep import ClusterUnreachableError
 
@@ -102,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("run_dir", type=Path, help="a run directory written by `iamt train`")
     _add_set_argument(evaluate, "robustness.noise.n_samples=200 (robustness.* keys only)")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
+    search = commands.add_parser(
+        "search",
+        help="the emphasis search on Ray Tune: which mask transform helps, on the validation split",
+    )
+    search.add_argument("run_dir", type=Path, help="a run directory written by `iamt train`")
+    _add_set_argument(search, "search.max_trials=8 (search.* and robustness.* keys only)")
+    search.add_argument("--address", default=None, help="Ray cluster to join (as for `run`)")
+    search.add_argument("--quiet", action="store_true", help="no progress bars")
     report = commands.add_parser("report", help="write RUN_DIR/report.html with PNG plots")
     report.add_argument("run_dir", type=Path)
     dashboard = commands.add_parser("dashboard", help="serve the Streamlit dashboard")
@@ -167,6 +176,29 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0 if counts["failed"] == 0 else 1
 
 
+def _search(args: argparse.Namespace) -> int:
+    from cluster.pipeline import search_run
+    from cluster.search import with_search_enabled
+
+    config = with_search_enabled(load_run_config(args.run_dir, args.overrides))
+    report = search_run(config, args.run_dir, address=args.address, show_progress=not args.quiet)
+    baseline, chosen = report["baseline"], report["chosen"]
+    print(
+        f"\n{report['n']} validation images; normal: clean {baseline['clean_accuracy']:.2f}, "
+        f"perturbed {baseline['robust_accuracy']:.2f} (points)"
+    )
+    if chosen is None:
+        print(f"no transform costs at most {report['max_clean_cost']:g} clean point(s)")
+    else:
+        print(
+            f"chosen: {chosen['spec']} (robustness gain {chosen['robustness_gain']:+.2f}, "
+            f"clean cost {chosen['clean_cost']:+.2f}); the sweep evaluates it on the test "
+            f"split as variant {report['variant']!r}"
+        )
+    print(f"wrote {args.run_dir}/search.csv, search.json")
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from dashboards.report import write_report
 
@@ -185,6 +217,7 @@ HANDLERS = {
     "run": _run,
     "train": _train,
     "evaluate": _evaluate,
+    "search": _search,
     "report": _report,
     "dashboard": _dashboard,
 }

@@ -5,8 +5,11 @@
        `cluster.address` or $RAY_ADDRESS, which `ray job submit` sets);
     3. train with Ray Train, skipped when the run already holds a checkpoint (or adopt the one
        given with `--checkpoint`), then channel importance and the emphasized variants;
-    4. the robustness sweep fanned out over Ray (resuming: finished jobs are skipped);
-    5. merge into results.csv and summary.csv, then the static report.
+    4. when `search.enabled`: the emphasis search as Ray Tune trials on the validation split
+       (`cluster/search.py`), skipped when the run already holds this search's result;
+    5. the robustness sweep fanned out over Ray (resuming: finished jobs are skipped), with the
+       searched transform as one more variant;
+    6. merge into results.csv and summary.csv, then the static report.
 
 `manifest.json` says where it is (`stage`), how far the sweep got (`jobs`) and how it ended
 (`status`: running, done, or failed with the `error`), so the dashboard can follow a run live.
@@ -25,10 +28,12 @@ from typing import Any
 import ray
 import torch
 
+from cluster.search import run_search_on_ray
 from cluster.sweep import check_reachable, connect, init_local_ray, run_sweep_on_ray
 from cluster.train import fit_on_ray
 from dashboards.report import write_report
 from iamt.config import ConfigError, RunConfig
+from iamt.search import candidate_specs, search_is_current
 from iamt.workflow import adopt_checkpoint, prepare_train_run, train_run
 from robustness.runner import evaluate_run, update_manifest
 
@@ -104,6 +109,8 @@ def run_pipeline(
     started = time.perf_counter()
     # 1. Everything cheap is checked before Ray starts or a file is written.
     inputs = prepare_train_run(config, run_dir, force=force)  # config, run dir, data
+    if config.search.enabled:
+        candidate_specs(config)  # the search space, against the model's channels
     joining = ray_address(address, config)
     if joining:
         check_reachable(joining)  # seconds, not minutes of Ray's retries
@@ -132,6 +139,9 @@ def run_pipeline(
             + (", GPU" if scaling.use_gpu else ""),
             inputs=inputs,
         )
+        if config.search.enabled and not search_is_current(run_dir, config):
+            update_manifest(run_dir, status="running", stage="search", ray=where, error=None)
+            run_search_on_ray(run_dir, config, show_progress=show_progress)
         update_manifest(run_dir, status="running", stage="sweep", ray=where, error=None)
         sweep = config.cluster.sweep
         counts = evaluate_run(
@@ -167,3 +177,21 @@ def run_pipeline(
         report_path,
         round(time.perf_counter() - started, 2),
     )
+
+
+def search_run(
+    config: RunConfig, run_dir: Path, *, address: str | None = None, show_progress: bool = True
+) -> dict[str, Any]:
+    """`iamt search RUN_DIR`: the emphasis search alone, on a trained run; the next sweep
+    (`iamt run`, `iamt evaluate`) adds the chosen transform as a variant."""
+    candidate_specs(config)  # a bad search space fails before Ray starts
+    joining = ray_address(address, config)
+    if joining:
+        check_reachable(joining)
+    owns_ray = not ray.is_initialized()
+    start_ray(joining, config)
+    try:
+        return run_search_on_ray(run_dir, config, show_progress=show_progress)
+    finally:
+        if owns_ray:
+            ray.shutdown()

@@ -264,6 +264,72 @@ class RobustnessConfig(Section):
     attacks: AttacksConfig = AttacksConfig()
 
 
+def _default_search_space() -> dict[str, dict[str, list[float]]]:
+    return {
+        "topk": {"k": [4.0, 8.0, 16.0], "alpha": [1.5, 2.0, 3.0]},
+        "suppress": {"k": [8.0, 16.0], "beta": [0.25, 0.5]},
+        "power": {"gamma": [0.5, 2.0]},
+    }
+
+
+class SearchAttackConfig(Section):
+    name: str = Field("fgsm", description="a fixed-ε attack: fgsm, linf_pgd, l2_pgd, linf_bim")
+    epsilon: PositiveFloat = 0.0156863  # 4/255
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _valid(self) -> SearchAttackConfig:
+        _check_family([self.name], "adversarial")
+        _check_strengths(self.name, [self.epsilon])
+        return self
+
+
+class SearchConfig(Section):
+    """`iamt search` and the search stage of `iamt run`: which mask transform buys the most
+    robustness for the least clean accuracy, measured on the validation split."""
+
+    enabled: bool = Field(False, description="`iamt run` runs the search before the sweep")
+    space: dict[str, dict[str, list[float]]] = Field(
+        default_factory=_default_search_space,
+        description="transform -> parameter -> values; every grid point is a candidate",
+    )
+    compose: list[list[str]] = Field(
+        default_factory=list,
+        description="compositions to try, e.g. [[topk, power]]: every grid point of each part",
+    )
+    max_trials: PositiveInt = Field(32, description="a seeded sample of the grid when larger")
+    n_samples: PositiveInt = Field(500, description="validation images every trial sees")
+    batch_size: PositiveInt = 500
+    noise_types: list[str] = Field(default_factory=lambda: ["gaussian", "impulse"])
+    noise_strengths: list[float] = Field(default_factory=lambda: [0.05, 0.1])
+    corruptions: list[str] = Field(default_factory=lambda: ["fog", "pixelate", "gaussian_blur"])
+    severities: list[int] = Field(default_factory=lambda: [3])
+    attack: SearchAttackConfig | None = Field(None, description="optional robust accuracy at ε")
+    max_clean_cost: float = Field(
+        1.0, ge=0, description="points of clean accuracy the chosen transform may cost"
+    )
+    variant: str = Field("searched", description="the chosen transform's variant name")
+
+    @model_validator(mode="after")
+    def _valid(self) -> SearchConfig:
+        if not self.noise_types and not self.corruptions:
+            raise ValueError("search needs at least one of noise_types or corruptions")
+        _check_family(self.noise_types, "noise")
+        for name in self.noise_types:
+            _check_strengths(name, self.noise_strengths)
+        _check_family(self.corruptions, "corruption")
+        for name in self.corruptions:
+            _check_strengths(name, list(self.severities))
+        unknown = sorted({part for chain in self.compose for part in chain} - set(self.space))
+        if unknown:
+            raise ValueError(
+                f"compose names {unknown}, which are not in search.space: {', '.join(self.space)}"
+            )
+        if self.variant == "normal":
+            raise ValueError("search.variant: 'normal' is reserved for the identity model")
+        return self
+
+
 class TrainScalingConfig(Section):
     """Ray Train's ScalingConfig for `iamt run` (`iamt train` always trains in one process)."""
 
@@ -315,6 +381,7 @@ class RunConfig(Section):
     importance: ImportanceConfig = ImportanceConfig()
     emphasis: EmphasisConfig = EmphasisConfig()
     robustness: RobustnessConfig = RobustnessConfig()
+    search: SearchConfig = SearchConfig()
     cluster: ClusterConfig = ClusterConfig()
 
 
@@ -386,16 +453,18 @@ def load_config(path: Path | str, overrides: Sequence[str] = ()) -> RunConfig:
 
 
 def load_run_config(run_dir: Path, overrides: Sequence[str] = ()) -> RunConfig:
-    """The config of an existing run; overrides may change only the `robustness` section,
-    since everything else produced the checkpoint already in the run directory."""
+    """The config of an existing run; overrides may change only the `robustness` and `search`
+    sections, since everything else produced the checkpoint already in the run directory."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a run directory: {path} does not exist")
-    outside = [item for item in overrides if not item.strip().startswith("robustness.")]
+    outside = [
+        item for item in overrides if not item.strip().startswith(("robustness.", "search."))
+    ]
     if outside:
         raise ConfigError(
-            f"--set {outside[0]!r}: only robustness.* keys can change on a trained run; "
-            "train a new run for other changes"
+            f"--set {outside[0]!r}: only robustness.* and search.* keys can change on a "
+            "trained run; train a new run for other changes"
         )
     return load_config(path, overrides)
 

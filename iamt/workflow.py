@@ -59,7 +59,7 @@ from robustness.schema import CLEAN_COLUMNS
 
 NORMAL = "normal"
 CHECKPOINT_STEM = Path("checkpoints") / "normal"
-IGNORED_BY_TRAINING = ("robustness", "cluster")  # config sections that do not shape the model
+IGNORED_BY_TRAINING = ("robustness", "search", "cluster")  # config sections that do not shape the model
 # What a sweep derives from the checkpoint: stale as soon as the checkpoint changes.
 EVALUATION_OUTPUTS = (
     "parts",
@@ -69,6 +69,9 @@ EVALUATION_OUTPUTS = (
     "timings.csv",
     "report.html",
     "plots",
+    "search.csv",
+    "search.json",
+    "search",
 )
 
 

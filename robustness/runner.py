@@ -25,10 +25,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from iamt.checkpoint import load_checkpoint
-from iamt.config import RunConfig, config_to_yaml
+from iamt.config import ConfigError, RunConfig, config_to_yaml
 from iamt.data import Split, as_tensors, load_split
 from iamt.importance import importance_from_table
 from iamt.io import write_csv, write_json, write_text
+from iamt.model import AttentionNet
+from iamt.search import chosen_variant
+from iamt.transforms import parse_transform
 from iamt.workflow import CHECKPOINT_STEM, NORMAL, RunDirectoryError, parse_variants
 from robustness.jobs import Job, expand_sweep, run_job
 from robustness.results import (
@@ -63,19 +66,32 @@ class Sweep:
         return [job for job in self.jobs if job.job_id not in done]
 
 
-def load_variants(run_dir: Path, config: RunConfig) -> tuple[dict[str, nn.Module], dict[str, str]]:
-    """The normal model from the checkpoint, and every emphasized view of it."""
-    stem = run_dir / CHECKPOINT_STEM
-    model, _ = load_checkpoint(stem)
+def load_trained(run_dir: Path) -> tuple[AttentionNet, Tensor]:
+    """The normal model from the checkpoint and its channel importance (A, C)."""
+    model, _ = load_checkpoint(run_dir / CHECKPOINT_STEM)
     importance_path = run_dir / "importance.csv"
     if not importance_path.is_file():
         raise RunDirectoryError(f"{importance_path} is missing: run `iamt train` first")
     importance = importance_from_table(
         pd.read_csv(importance_path), model.architecture.attribute_names
     )
+    return model, importance
+
+
+def load_variants(run_dir: Path, config: RunConfig) -> tuple[dict[str, nn.Module], dict[str, str]]:
+    """The normal model from the checkpoint, every configured emphasized view of it, and the
+    transform the emphasis search chose (`search.json`), when the config asks for a search."""
+    model, importance = load_trained(run_dir)
+    variants = parse_variants(config)
+    searched = chosen_variant(run_dir, config)
+    if searched is not None:
+        name, spec = searched
+        if name in variants:
+            raise ConfigError(f"search.variant {name!r} is also a configured emphasis variant")
+        variants[name] = parse_transform(spec)
     models: dict[str, nn.Module] = {}
     transforms: dict[str, str] = {}
-    for name, transform in parse_variants(config).items():
+    for name, transform in variants.items():
         models[name] = model if name == NORMAL else model.with_transform(transform, importance)
         models[name].eval()
         transforms[name] = transform.spec()

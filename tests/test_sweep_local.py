@@ -189,7 +189,7 @@ def test_evaluate_cli_refuses_bad_overrides_before_any_work(
 ) -> None:
     before = sorted(p.name for p in run_dir.iterdir())
     cases = [
-        ("train.epochs=3", "only robustness.* keys"),
+        ("train.epochs=3", "only robustness.* and search.* keys"),
         ("robustness.corruptions.severities=[0, 6]", "severity 0 is invalid"),
         ("robustness.corruptions.names=[fogg]", "unknown corruption name(s) ['fogg']"),
         ("robustness.attacks.linf_epsilons=[-0.1]", "epsilon -0.1 is out of range"),

@@ -1,0 +1,302 @@
+"""Emphasis search: which mask transform buys the most robustness for the least clean accuracy.
+
+The maths of `iamt search` (Ray Tune runs it: `cluster/search.py`). No retraining: every
+candidate is the trained model seen through another mask transform T (`iamt/transforms.py`).
+
+1. `candidate_specs`: the grid of `search.space` (and its `compose` chains), a seeded sample of
+   it when larger than `max_trials`, and always `identity`, the normal model, as the baseline.
+2. `validation_set`: the **validation** split — never the test split, which the sweep reports
+   on — clean and perturbed once by the configured noises and corruptions, so every trial
+   classifies exactly the same images.
+3. `measure`: one candidate's clean accuracy, its mean accuracy over the perturbed sets and,
+   optionally, its robust accuracy under one attack at one ε; all in points (0–100).
+4. `summarize`: clean cost and robustness gain against `identity`, the Pareto front of the two,
+   and the transform chosen by the rule: the largest robustness gain among the transforms that
+   cost at most `max_clean_cost` points of clean accuracy (ties: the cheaper, then by spec).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from iamt.config import ConfigError, RunConfig, SearchConfig
+from iamt.data import AttributeDataset, as_tensors
+from iamt.model import AttentionNet, feature_channels
+from iamt.transforms import TransformSpecError, parse_transform
+
+IDENTITY = "identity"
+RULE = (
+    "the largest robustness gain (validation, mean accuracy over the perturbed sets, points) "
+    "among the transforms whose clean cost is at most {max_clean_cost:g} point(s); ties go to "
+    "the smaller clean cost, then to the spec"
+)
+SEARCH_COLUMNS = [
+    "spec",
+    "clean_accuracy",
+    "robust_accuracy",
+    "adversarial_accuracy",
+    "clean_cost",
+    "robustness_gain",
+    "adversarial_gain",
+    "pareto",
+    "chosen",
+]
+
+
+# --------------------------------------------------------------------------- candidates
+
+
+def _grid(transform: str, parameters: Mapping[str, Sequence[float]]) -> list[str]:
+    """Every spec of one transform's grid, e.g. topk {k: [4, 8], alpha: [2]} -> 2 specs."""
+    names = sorted(parameters)
+    return [
+        f"{transform}:"
+        + ",".join(f"{name}={value:g}" for name, value in zip(names, values, strict=True))
+        for values in itertools.product(*(parameters[name] for name in names))
+    ]
+
+
+def candidate_specs(config: RunConfig) -> list[str]:
+    """`identity` first, then the grid (or a seeded sample of it), each validated against the
+    model's channel count: a bad name, parameter or k fails here, before any work."""
+    search = config.search
+    grids = {name: _grid(name, parameters) for name, parameters in search.space.items()}
+    specs = [spec for name in sorted(grids) for spec in grids[name]]
+    for chain in search.compose:
+        specs += ["+".join(parts) for parts in itertools.product(*(grids[n] for n in chain))]
+    channels = feature_channels(config.model.backbone, config.model.widths)
+    for spec in specs:
+        try:
+            parse_transform(spec).validate(channels)
+        except TransformSpecError as error:
+            raise ConfigError(f"search.space: {error}") from None
+    specs = sorted(set(specs) - {IDENTITY})
+    if len(specs) > search.max_trials - 1:  # a seeded sample, so a rerun searches the same
+        specs = sorted(random.Random(config.seed).sample(specs, search.max_trials - 1))
+    return [IDENTITY, *specs]
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class ValidationSet:
+    """What every trial classifies: validation images, clean and perturbed once."""
+
+    images: Tensor  # (N, 3, H, W) clean validation images
+    labels: Tensor  # (N, A)
+    perturbed: dict[str, Tensor]  # "gaussian@0.1" -> (N, 3, H, W), the same N images
+    sha256: str  # of the clean images' bytes: which images the search saw
+
+    @property
+    def n(self) -> int:
+        return len(self.images)
+
+    def to(self, device: torch.device) -> ValidationSet:
+        """Images on `device` (where the model runs); labels stay on the CPU, where
+        `predict_all` returns its predictions."""
+        perturbed = {label: images.to(device) for label, images in self.perturbed.items()}
+        return ValidationSet(self.images.to(device), self.labels, perturbed, self.sha256)
+
+
+def images_sha256(images: Tensor) -> str:
+    return hashlib.sha256(images.contiguous().cpu().numpy().tobytes()).hexdigest()
+
+
+def validation_set(search: SearchConfig, val_set: AttributeDataset, seed: int) -> ValidationSet:
+    """The first `n_samples` validation images, and each configured perturbation of them,
+    seeded from the run seed and the condition (not from the order of the list)."""
+    from robustness.perturbations import ImagePerturbation, create_perturbation
+    from robustness.perturbations.native import native_names
+
+    images, labels = as_tensors(val_set, search.n_samples)
+    conditions: list[tuple[str, dict[str, Any], float]] = [
+        (name, {}, strength) for name in search.noise_types for strength in search.noise_strengths
+    ]
+    natively = set(native_names(default_only=True))  # the sweep's `engine: auto` rule
+    conditions += [
+        (name, {"engine": "native" if name in natively else "reference"}, float(severity))
+        for name in search.corruptions
+        for severity in search.severities
+    ]
+    perturbed = {}
+    for name, params, strength in conditions:
+        label = f"{name}@{strength:g}"
+        perturbation = create_perturbation(name, **params)
+        assert isinstance(perturbation, ImagePerturbation)
+        condition_seed = int(hashlib.sha256(f"{seed}/{label}".encode()).hexdigest()[:8], 16)
+        perturbed[label] = perturbation(images, strength, seed=condition_seed)
+    return ValidationSet(images, labels, perturbed, images_sha256(images))
+
+
+# --------------------------------------------------------------------------- one trial
+
+
+def _accuracy(model: torch.nn.Module, images: Tensor, labels: Tensor, batch_size: int) -> float:
+    """Mean accuracy over attributes, in points."""
+    from robustness.jobs import predict_all
+
+    correct = predict_all(model, images, batch_size) == labels  # (N, A)
+    return float(correct.double().mean()) * 100
+
+
+def measure(
+    model: AttentionNet,
+    importance: Tensor,
+    spec: str,
+    data: ValidationSet,
+    search: SearchConfig,
+    seed: int,
+) -> dict[str, Any]:
+    """One candidate on the validation set: clean, perturbed and (optionally) attacked."""
+    transform = parse_transform(spec)
+    candidate = model if spec == IDENTITY else model.with_transform(transform, importance)
+    candidate.eval()
+    robust = [
+        _accuracy(candidate, images, data.labels, search.batch_size)
+        for images in data.perturbed.values()
+    ]
+    metrics: dict[str, Any] = {
+        "spec": spec,
+        "clean_accuracy": _accuracy(candidate, data.images, data.labels, search.batch_size),
+        "robust_accuracy": sum(robust) / len(robust),
+        "adversarial_accuracy": float("nan"),
+    }
+    if search.attack is not None:
+        metrics["adversarial_accuracy"] = _attacked_accuracy(candidate, data, search, seed)
+    return metrics
+
+
+def _attacked_accuracy(
+    model: torch.nn.Module, data: ValidationSet, search: SearchConfig, seed: int
+) -> float:
+    """Robust accuracy (points) under the configured attack at its ε, one attribute at a time,
+    with the same seed for every candidate: they face the same random starts."""
+    from robustness.perturbations import Attack, create_perturbation
+    from robustness.perturbations.attacks import attribute_view
+
+    assert search.attack is not None
+    attack = create_perturbation(search.attack.name, **search.attack.params)
+    assert isinstance(attack, Attack)
+    epsilon = search.attack.epsilon
+    with torch.enable_grad():
+        from robustness.jobs import predict_all
+
+        clean = predict_all(model, data.images, search.batch_size) == data.labels  # (N, A)
+        robust = []
+        for a in range(data.labels.shape[1]):
+            labels = data.labels[:, a].to(data.images.device)
+            outcome = attack(
+                attribute_view(model, a), data.images, labels, [epsilon], seed=seed + a
+            )
+            robust.append(clean[:, a] & ~outcome.success[epsilon].cpu())
+    return float(torch.stack(robust, 1).double().mean()) * 100
+
+
+# --------------------------------------------------------------------------- the result
+
+
+def pareto_front(cost: Sequence[float], gain: Sequence[float]) -> list[bool]:
+    """True where no other point costs no more and gains no less, one of them strictly."""
+    points = list(zip(cost, gain, strict=True))
+    return [
+        not any(
+            (c2 <= c and g2 >= g) and (c2 < c or g2 > g)
+            for j, (c2, g2) in enumerate(points)
+            if j != i
+        )
+        for i, (c, g) in enumerate(points)
+    ]
+
+
+def summarize(trials: Sequence[Mapping[str, Any]], search: SearchConfig) -> pd.DataFrame:
+    """One row per trial (sorted by spec, whatever order they finished in), with the cost and
+    gain against `identity`, the Pareto flags and the choice (`SEARCH_COLUMNS`)."""
+    table = pd.DataFrame(list(trials)).sort_values("spec", ignore_index=True)
+    if IDENTITY not in set(table["spec"]):
+        raise ValueError("the search has no identity trial to compare against")
+    baseline = table.set_index("spec").loc[IDENTITY]
+    table["clean_cost"] = baseline["clean_accuracy"] - table["clean_accuracy"]
+    table["robustness_gain"] = table["robust_accuracy"] - baseline["robust_accuracy"]
+    table["adversarial_gain"] = table["adversarial_accuracy"] - baseline["adversarial_accuracy"]
+    table["pareto"] = pareto_front(table["clean_cost"].tolist(), table["robustness_gain"].tolist())
+    eligible = table[(table["spec"] != IDENTITY) & (table["clean_cost"] <= search.max_clean_cost)]
+    table["chosen"] = False
+    if not eligible.empty:
+        best = eligible.sort_values(
+            ["robustness_gain", "clean_cost", "spec"], ascending=[False, True, True]
+        ).index[0]
+        table.loc[best, "chosen"] = True
+    return table[SEARCH_COLUMNS]
+
+
+def search_report(
+    table: pd.DataFrame, search: SearchConfig, data: ValidationSet, val_size: int
+) -> dict[str, Any]:
+    """search.json: the split and images searched on, the rule, the front and the choice."""
+
+    def record(row: pd.Series) -> dict[str, Any]:
+        return {
+            key: (None if isinstance(value, float) and value != value else value)  # NaN -> null
+            for key, value in row.items()
+            if key not in ("pareto", "chosen")
+        }
+
+    chosen = table[table["chosen"]]
+    choice = record(chosen.iloc[0]) if not chosen.empty else None
+    return {
+        "split": "val",
+        "n": data.n,
+        "val_size": val_size,
+        "images_sha256": data.sha256,
+        "conditions": sorted(data.perturbed),
+        "attack": None if search.attack is None else search.attack.model_dump(mode="json"),
+        "rule": RULE.format(max_clean_cost=search.max_clean_cost),
+        "max_clean_cost": search.max_clean_cost,
+        "baseline": record(table[table["spec"] == IDENTITY].iloc[0]),
+        "front": [record(row) for _, row in table[table["pareto"]].iterrows()],
+        "chosen": choice,
+        "variant": search.variant if choice is not None else None,
+        "helps_on_validation": bool(choice is not None and choice["robustness_gain"] > 0),
+        "search_config": search.model_dump(mode="json"),
+    }
+
+
+def chosen_variant(run_dir: Path, config: RunConfig) -> tuple[str, str] | None:
+    """(variant name, spec) of the searched transform the sweep evaluates on the test split,
+    or None when the config asks for no search or the search chose nothing."""
+    if not config.search.enabled:
+        return None
+    path = run_dir / "search.json"
+    if not path.is_file():
+        raise ConfigError(
+            f"search.enabled is true but {path} does not exist: run `iamt search {run_dir}` "
+            "(or `iamt run`, which searches before the sweep)"
+        )
+    report = json.loads(path.read_text())
+    if report.get("search_config") != config.search.model_dump(mode="json"):
+        raise ConfigError(
+            f"{path} was searched with another search config: run `iamt search {run_dir}` again"
+        )
+    chosen = report.get("chosen")
+    return None if chosen is None else (str(report["variant"]), str(chosen["spec"]))
+
+
+def search_is_current(run_dir: Path, config: RunConfig) -> bool:
+    """Whether the run already holds this very search's result (so a rerun skips it)."""
+    try:
+        chosen_variant(run_dir, config)
+    except ConfigError:
+        return False
+    return True

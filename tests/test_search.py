@@ -1,0 +1,170 @@
+"""The emphasis search: its candidates, Pareto front and rule (pure), and `iamt search` on Ray
+Tune end to end: validation data only, the same table as measuring each candidate in this
+process, and the chosen transform evaluated by the next sweep as one more variant."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+
+from cluster.cli import execute
+from iamt.config import ConfigError, parse_config
+from iamt.data import Split, as_tensors, load_split
+from iamt.search import (
+    IDENTITY,
+    candidate_specs,
+    images_sha256,
+    measure,
+    pareto_front,
+    summarize,
+    validation_set,
+)
+from robustness.runner import load_trained
+from tests.conftest import TINY
+
+SEARCH: dict[str, Any] = {
+    "space": {"topk": {"k": [2, 4], "alpha": [2.0]}, "power": {"gamma": [0.5]}},
+    "compose": [["topk", "power"]],
+    "n_samples": 48,
+    "batch_size": 48,
+    "noise_types": ["gaussian"],
+    "noise_strengths": [0.1],
+    "corruptions": ["pixelate"],
+    "severities": [3],
+    "attack": {"name": "fgsm", "epsilon": 0.03},
+    "max_clean_cost": 5.0,
+}
+
+
+def test_candidates_are_the_grid_and_its_compositions_with_identity_first() -> None:
+    config = parse_config({**TINY, "search": SEARCH})
+    assert candidate_specs(config) == [
+        IDENTITY,
+        "power:gamma=0.5",
+        "topk:alpha=2,k=2",
+        "topk:alpha=2,k=2+power:gamma=0.5",
+        "topk:alpha=2,k=4",
+        "topk:alpha=2,k=4+power:gamma=0.5",
+    ]
+    sampled = parse_config({**TINY, "search": {**SEARCH, "max_trials": 3}})
+    first = candidate_specs(sampled)
+    assert len(first) == 3 and first[0] == IDENTITY and first == candidate_specs(sampled)
+
+
+@pytest.mark.parametrize(
+    ("search", "fragment"),
+    [
+        ({"space": {"topk": {"k": [99], "alpha": [2]}}}, "k=99"),
+        ({"space": {"sharpen": {"k": [2]}}}, "sharpen"),
+        ({"space": {"topk": {"k": [2], "gain": [2]}}}, "gain"),
+        ({"compose": [["topk", "power"]], "space": {"topk": {"k": [2], "alpha": [2]}}}, "power"),
+        ({"corruptions": ["fogg"]}, "fogg"),
+        ({"attack": {"name": "fgsm", "epsilon": -1}}, "epsilon"),
+    ],
+)
+def test_a_bad_search_space_is_refused_before_any_work(
+    search: dict[str, Any], fragment: str
+) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        candidate_specs(parse_config({**TINY, "search": search}))
+
+
+def test_the_pareto_front_and_the_rule() -> None:
+    # (cost, gain): b dominates c; a and b and d trade cost for gain.
+    assert pareto_front([0, 0.5, 0.6, 3], [0, 1, 0.9, 2]) == [True, True, False, True]
+    trials = [
+        {"spec": IDENTITY, "clean_accuracy": 90, "robust_accuracy": 50},
+        {"spec": "a", "clean_accuracy": 89.5, "robust_accuracy": 51},  # cost 0.5, gain 1
+        {"spec": "b", "clean_accuracy": 89.5, "robust_accuracy": 51},  # a tie: by spec
+        {"spec": "c", "clean_accuracy": 87, "robust_accuracy": 53},  # gain 3, cost 3: too dear
+    ]
+    for trial in trials:
+        trial["adversarial_accuracy"] = float("nan")
+    strict = parse_config({**TINY, "search": {**SEARCH, "max_clean_cost": 1.0}}).search
+    chosen = summarize(trials, strict).set_index("spec")["chosen"]
+    assert chosen.to_dict() == {IDENTITY: False, "a": True, "b": False, "c": False}
+    loose = summarize(trials, parse_config({**TINY, "search": SEARCH}).search)
+    assert loose.set_index("spec")["chosen"].to_dict()["c"]  # within 5 points: the biggest gain
+    nothing = parse_config({**TINY, "search": {**SEARCH, "max_clean_cost": 0.1}}).search
+    assert not summarize(trials, nothing)["chosen"].any()  # identity is never "chosen"
+
+
+@pytest.mark.e2e
+def test_iamt_search_on_tune_uses_validation_only_and_feeds_the_sweep(
+    tiny_run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run_dir, run_dir)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({**TINY, "search": SEARCH}))
+    config = parse_config({**TINY, "search": SEARCH})
+
+    import cluster.search
+
+    splits: list[Split] = []
+
+    def validation_only(data: Any, split: Split, seed: int) -> Any:
+        splits.append(split)
+        if split is Split.TEST:
+            raise AssertionError("the search touched the test split")
+        return load_split(data, split, seed)
+
+    monkeypatch.setattr(cluster.search, "load_split", validation_only)
+    assert execute(["search", str(run_dir), "--quiet", "--set", "search.max_trials=6"]) == 0
+    assert splits == [Split.VAL]
+
+    table = pd.read_csv(run_dir / "search.csv", keep_default_na=False)
+    report = json.loads((run_dir / "search.json").read_text())
+    # The images searched on are the validation split's, not the test split's.
+    val_images, _ = as_tensors(load_split(config.data, Split.VAL, config.seed), 48)
+    test_images, _ = as_tensors(load_split(config.data, Split.TEST, config.seed), 48)
+    assert report["images_sha256"] == images_sha256(val_images) != images_sha256(test_images)
+    assert report["split"] == "val" and report["n"] == 48
+    # Tune's trials give exactly what measuring every candidate here gives, in any order.
+    model, importance = load_trained(run_dir)
+    data = validation_set(config.search, load_split(config.data, Split.VAL, config.seed), 3)
+    local = summarize(
+        [
+            measure(model, importance, spec, data, config.search, 3)
+            for spec in candidate_specs(config)
+        ],
+        config.search,
+    )
+    expected = local.to_csv(index=False, lineterminator="\n", float_format="%.6g")
+    assert (run_dir / "search.csv").read_text() == expected
+    assert len(table) == 6 and table["spec"].iloc[0] == IDENTITY
+    assert table["pareto"].astype(str).eq("True").any()
+    chosen = report["chosen"]
+    assert chosen is not None and chosen["clean_cost"] <= 5.0
+    assert report["variant"] == "searched" and report["front"]
+    stored = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert stored["search"]["enabled"] is True and stored["search"]["max_trials"] == 6
+
+    # The next sweep evaluates the chosen transform on the test split as variant "searched".
+    assert (
+        execute(
+            [
+                "evaluate",
+                str(run_dir),
+                "--quiet",
+                "--set",
+                "robustness.corruptions.names=[]",
+                "--set",
+                "robustness.attacks.methods=[]",
+                "--set",
+                "robustness.noise.types=[gaussian]",
+                "--set",
+                "robustness.noise.n_samples=32",
+            ]
+        )
+        == 0
+    )
+    results = pd.read_csv(run_dir / "results.csv")
+    assert set(results["variant"]) == {"normal", "emphasized", "searched"}
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["search_seconds"] > 0
