@@ -404,39 +404,86 @@ def importance_heatmap(importance: pd.DataFrame) -> Chart:
     )
 
 
-def drift_chart(drift: pd.DataFrame) -> Chart:
-    """Attention-mask drift vs perturbation strength, one line per variant, one panel per
-    perturbation. `drift`: drift.csv with columns variant, perturbation, drift and a strength
-    column (`strength`, `epsilon` or `severity`); averaged over attributes when present."""
-    x_field = next((c for c in ("strength", "epsilon", "severity") if c in drift.columns), None)
-    needed = {"variant", "perturbation", "drift"}
-    if x_field is None or not needed <= set(drift.columns) or drift.empty:
-        return _empty("drift.csv lacks variant/perturbation/drift/strength columns")
-    frame = drift.copy()
-    frame[x_field] = pd.to_numeric(frame[x_field], errors="coerce")
-    frame["drift"] = pd.to_numeric(frame["drift"], errors="coerce")
-    frame = frame.dropna(subset=[x_field, "drift"])
-    frame = frame.groupby(["perturbation", "variant", x_field], as_index=False)["drift"].mean()
-    x_title = "severity (1–5)" if x_field == "severity" else "strength ε ([0,1] pixel units)"
+DRIFT_MEASURES = {
+    "mask_cosine": "mask cosine, clean vs perturbed (1 = masks unmoved)",
+    "importance_rank_correlation": "channel-importance Spearman ρ, clean vs perturbed",
+}
+
+
+def drift_curves(
+    drift: pd.DataFrame,
+    *,
+    measure: str = "mask_cosine",
+    family: str | None = None,
+    attribute: str | None = None,
+) -> pd.DataFrame:
+    """drift.csv pooled per (family, perturbation, variant, strength): the n-weighted mean of
+    `measure` over shards and attributes (or one `attribute`), optionally one `family`."""
+    if measure not in DRIFT_MEASURES:
+        raise ValueError(f"unknown drift measure {measure!r}; choose from {list(DRIFT_MEASURES)}")
+    frame = drift
+    if family is not None:
+        frame = frame[frame["family"] == family]
+    if attribute is not None:
+        frame = frame[frame["attribute"] == attribute]
+    frame = frame.dropna(subset=["strength", measure])
+    columns = ["family", "perturbation", "variant", "strength", measure, "n"]
+    if frame.empty:
+        return pd.DataFrame(columns=columns)
+    frame = frame.assign(
+        _weighted=pd.to_numeric(frame[measure]) * frame["n"], n=pd.to_numeric(frame["n"])
+    )
+    pooled = frame.groupby(["family", "perturbation", "variant", "strength"], as_index=False)[
+        ["_weighted", "n"]
+    ].sum()
+    pooled[measure] = pooled["_weighted"] / pooled["n"]
+    return pooled[columns].sort_values(["family", "perturbation", "variant", "strength"])
+
+
+def drift_chart(
+    drift: pd.DataFrame,
+    *,
+    measure: str = "mask_cosine",
+    family: str | None = None,
+    attribute: str | None = None,
+    columns: int = 4,
+) -> Chart:
+    """Attention drift vs perturbation strength: one line per variant, one panel per
+    perturbation (its own x scale: noise strength, corruption severity or an attack's ε).
+    `drift`: drift.csv; `measure`: mask_cosine (default) or importance_rank_correlation;
+    averaged over the attributes present unless `attribute` picks one (n-weighted)."""
+    frame = drift_curves(drift, measure=measure, family=family, attribute=attribute)
+    if frame.empty:
+        return _empty("no attention drift yet (drift.csv)")
+    frame["panel"] = frame["family"] + ": " + frame["perturbation"]
+    title = DRIFT_MEASURES[measure]
+    tooltip = [
+        alt.Tooltip("panel:N", title="perturbation"),
+        alt.Tooltip("variant:N"),
+        alt.Tooltip("strength:Q", format=".4g"),
+        alt.Tooltip(f"{measure}:Q", title=measure, format=".5f"),
+        alt.Tooltip("n:Q", title="image × attribute pairs"),
+    ]
     line = (
         alt.Chart(frame)
         .mark_line(point=True)
         .encode(
-            x=alt.X(f"{x_field}:Q", title=x_title),
-            y=alt.Y("drift:Q", title="mask drift vs clean (mean abs. difference, mask units)"),
+            x=alt.X(
+                "strength:Q",
+                title="strength (noise: [0,1] pixel units; corruption: severity 1–5; attack: ε)",
+            ),
+            y=alt.Y(f"{measure}:Q", title=title, scale=alt.Scale(zero=False)),
             color=alt.Color("variant:N", title="variant"),
-            tooltip=[
-                "perturbation:N",
-                "variant:N",
-                f"{x_field}:Q",
-                alt.Tooltip("drift:Q", format=".4f"),
-            ],
+            tooltip=tooltip,
         )
         .properties(width=160, height=120)
     )
-    return line.facet(
-        facet=alt.Facet("perturbation:N", title="perturbation"), columns=4
-    ).properties(title="Attention-mask drift vs perturbation strength")
+    scope = "mean over attributes" if attribute is None else f"attribute {attribute}"
+    return (
+        line.facet(facet=alt.Facet("panel:N", title="perturbation"), columns=columns)
+        .resolve_scale(x="independent")
+        .properties(title=f"Attention drift vs strength: {title} ({scope})")
+    )
 
 
 def sanity_table(summary: pd.DataFrame) -> pd.DataFrame:
@@ -451,3 +498,47 @@ def corruption_errors(summary: pd.DataFrame) -> pd.DataFrame:
     """mCE and relative mCE per variant and attribute (level 'family', family 'corruption')."""
     frame = _rows(summary, level="family", family="corruption")
     return frame[["variant", "attribute", "mce", "relative_mce"]].reset_index(drop=True)
+
+
+def pareto_chart(search: pd.DataFrame) -> Chart:
+    """The emphasis search (search.csv): clean cost (x) against robustness gain (y), one point
+    per candidate transform, the Pareto front joined by a line, the chosen one ringed."""
+    if search.empty:
+        return _empty("no search trials")
+    frame = search.copy()
+    for column in ("pareto", "chosen"):  # read back from CSV as text or bool
+        frame[column] = frame[column].astype(str).str.lower() == "true"
+    frame["on the front"] = frame["pareto"].map({True: "Pareto front", False: "dominated"})
+    tooltip = [
+        alt.Tooltip("spec:N", title="transform"),
+        alt.Tooltip("clean_cost:Q", title="clean cost (points)", format=".2f"),
+        alt.Tooltip("robustness_gain:Q", title="robustness gain (points)", format=".2f"),
+        alt.Tooltip("clean_accuracy:Q", title="clean accuracy (points)", format=".2f"),
+        alt.Tooltip("robust_accuracy:Q", title="perturbed accuracy (points)", format=".2f"),
+    ]
+    x = alt.X("clean_cost:Q", title="clean cost on validation, normal − candidate (points)")
+    y = alt.Y("robustness_gain:Q", title="robustness gain on validation (points)")
+    points = (
+        alt.Chart(frame)
+        .mark_circle(size=80)
+        .encode(x=x, y=y, color=alt.Color("on the front:N", title=""), tooltip=tooltip)
+    )
+    front = (
+        alt.Chart(frame[frame["pareto"]].sort_values("clean_cost"))
+        .mark_line(strokeDash=[4, 3], color="#555")
+        .encode(x=x, y=y)
+    )
+    chosen = (
+        alt.Chart(frame[frame["chosen"]])
+        .mark_point(size=300, shape="circle", filled=False, strokeWidth=2, color="#d62728")
+        .encode(x=x, y=y, tooltip=tooltip)
+    )
+    labels = (
+        alt.Chart(frame[frame["chosen"] | (frame["spec"] == "identity")])
+        .mark_text(align="left", dx=10, dy=-8)
+        .encode(x=x, y=y, text="spec:N")
+    )
+    zero = alt.Chart(pd.DataFrame({"y": [0.0]})).mark_rule(color="#999").encode(y="y:Q")
+    return (zero + front + points + chosen + labels).properties(
+        width=520, height=320, title="Emphasis search: clean cost against robustness gain"
+    )

@@ -8,6 +8,7 @@ vl-convert. `report.html` is self-contained apart from `plots/*.png` beside it.
 from __future__ import annotations
 
 import html
+import json
 import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -19,6 +20,7 @@ import yaml
 
 from dashboards import charts
 from dashboards.rundata import RunDataError, read_csv, read_manifest
+from dashboards.verdict import verdict
 from iamt.io import write_text  # pandas and the standard library only: no torch
 
 CSS = """
@@ -159,6 +161,46 @@ def _methods(
     return f"<table>{body}</table>"
 
 
+def _sanity_line(summary: pd.DataFrame) -> str:
+    """The sanity flags in one line: a failed check weakens every adversarial claim above."""
+    if "sanity_all" not in summary.columns:
+        return ""
+    flags = summary[(summary["level"] == "family") & summary["sanity_all"].notna()]
+    if flags.empty:
+        return ""
+    failed = flags[flags["sanity_all"].astype(str).str.lower() != "true"]
+    if failed.empty:
+        return '<p class="pass">Sanity checklist: every check passed (details below).</p>'
+    which = ", ".join(sorted({f"{r.variant}/{r.attribute}" for r in failed.itertuples()}))
+    return (
+        f'<p class="fail">Sanity checklist: a check failed for {html.escape(which)}; read the '
+        "adversarial differences with care (details below).</p>"
+    )
+
+
+def _search_section(
+    table: pd.DataFrame | None, search: dict[str, Any] | None, plots: Path, notes: list[str]
+) -> list[str]:
+    """The emphasis search: where the searched variant came from, and its Pareto front."""
+    if table is None or search is None:
+        return []
+    chosen = search.get("chosen")
+    choice = (
+        f"It chose <code>{html.escape(str(chosen['spec']))}</code> by the rule: "
+        f"{html.escape(str(search.get('rule')))}. The sweep evaluates it on the test split as "
+        f"variant <code>{html.escape(str(search.get('variant')))}</code>."
+        if chosen
+        else "No transform met the rule, so no searched variant was evaluated."
+    )
+    return [
+        "<h3>Emphasis search (validation split)</h3>",
+        f"<p>{len(table)} candidate transforms, each measured on the same "
+        f"{search.get('n')} validation images, clean and under "
+        f"{html.escape(', '.join(search.get('conditions', [])))}. {choice}</p>",
+        _plot("pareto", lambda: charts.pareto_chart(table), plots, notes),
+    ]
+
+
 def write_report(run_dir: Path) -> Path:
     """Write `run_dir/report.html` and `run_dir/plots/*.png`; returns the report's path."""
     run_dir = Path(run_dir)
@@ -171,6 +213,9 @@ def write_report(run_dir: Path) -> Path:
     importance = _optional_csv(run_dir / "importance.csv")
     failures = _optional_csv(run_dir / "failures.csv")
     results = _optional_csv(run_dir / "results.csv")
+    search_table = _optional_csv(run_dir / "search.csv")
+    search_path = run_dir / "search.json"
+    search = json.loads(search_path.read_text()) if search_path.is_file() else None
     plots = run_dir / "plots"
     notes: list[str] = []
 
@@ -195,11 +240,16 @@ def write_report(run_dir: Path) -> Path:
         headline = _headline(summary)
         sections += [
             "<h2>Does emphasis help? Emphasized − normal</h2>",
+            f"<p><b>Verdict.</b> {html.escape(verdict(summary, search))}</p>",
             "<p>Accuracy difference on the same images, pooled over each family, with its "
             "95% bootstrap CI and McNemar p. A CI that contains 0 is no significant "
-            "difference.</p>",
+            "difference. The model was trained on the train split; channel importance and "
+            "the emphasis search used the validation split; every number in this section is "
+            "on the test split.</p>",
             _plot("headline", lambda: charts.headline_chart(summary), plots, notes),
             _table(headline, ["variant", "family", "attribute"]),
+            _sanity_line(summary),
+            *_search_section(search_table, search, plots, notes),
             "<h2>Noise and corruptions</h2>",
             _plot(
                 "noise_curves", lambda: charts.strength_curves_chart(summary, "noise"), plots, notes

@@ -36,6 +36,8 @@ class CsvSchema:
     required: tuple[str, ...]  # never empty in a well-formed row
     numeric: tuple[str, ...] = ()
     boolean: tuple[str, ...] = ()
+    # Columns newer than the file format: a run written before them reads them as empty.
+    added_later: tuple[str, ...] = ()
 
 
 SCHEMAS: dict[str, CsvSchema] = {
@@ -54,6 +56,7 @@ SCHEMAS: dict[str, CsvSchema] = {
             "median_distance",
             "seed",
         ),
+        added_later=("engine",),  # the corruption engine choice
     ),
     "summary.csv": CsvSchema(
         tuple(schema.SUMMARY_COLUMNS),
@@ -92,6 +95,12 @@ SCHEMAS: dict[str, CsvSchema] = {
         tuple(schema.TIMING_COLUMNS),
         required=("job_id",),
         numeric=("attempts", "wall_s"),
+    ),
+    # Optional: runs evaluated before attention drift was measured have no drift.csv.
+    "drift.csv": CsvSchema(
+        tuple(schema.DRIFT_COLUMNS),
+        required=("job_id", "family", "perturbation", "variant", "attribute", "n"),
+        numeric=("strength", "mask_cosine", "importance_rank_correlation", "n"),
     ),
 }
 KNOWN_CSVS = tuple(SCHEMAS)
@@ -219,6 +228,9 @@ def read_csv(path: Path) -> pd.DataFrame:
         raise RunDataError(f"{name} is malformed: {error}") from error
     if schema is None:
         return table
+    for column in schema.added_later:
+        if column not in table.columns:
+            table[column] = pd.NA
     missing = [column for column in schema.columns if column not in table.columns]
     if missing:
         raise RunDataError(f"{name} lacks the column(s) {', '.join(missing)} (truncated?)")

@@ -44,6 +44,9 @@ def test_report_images_exist_and_the_sections_are_there(run_dir: Path) -> None:
     assert "run seed 3" in page
     # Which engine corrupted what: `auto` serves both of the fixture's corruptions natively.
     assert re.search(r"corruption engine.*native torch port[^<]*: fog, pixelate", page, re.S)
+    # The verdict is generated from the CIs; the search section appears only after a search.
+    assert "<b>Verdict.</b>" in page and "Emphasis search" not in page
+    assert "not corrected for multiple comparisons" in page
     assert "<h2>Notes</h2>" not in page  # every chart was drawn
     assert "http://" not in page and "https://" not in page  # readable offline
 

@@ -1,0 +1,131 @@
+"""The answer to "Does emphasis help?", generated from the numbers and never beyond them.
+
+`verdict(summary)` reads the family-level paired differences of summary.csv (variant − normal
+on the same test images, with 95% bootstrap CIs) and says, per emphasized variant and family,
+where the difference is significant: better when the whole CI is above 0, worse when it is
+below, and "no significant difference" whenever the CI contains 0. It adds the caveats a
+reader needs: the CIs are per attribute and not corrected for multiple comparisons.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+import pandas as pd
+
+FAMILIES = ("noise", "corruption", "adversarial", "transfer")
+NORMAL = "normal"
+
+
+class Outcome(StrEnum):
+    BETTER = "better"
+    WORSE = "worse"
+    NO_DIFFERENCE = "no significant difference"
+
+
+def outcome(ci_low: float, ci_high: float) -> Outcome:
+    """Significant only when the 95% CI excludes 0."""
+    if ci_low > 0:
+        return Outcome.BETTER
+    if ci_high < 0:
+        return Outcome.WORSE
+    return Outcome.NO_DIFFERENCE
+
+
+def _points(value: float) -> str:
+    return f"{value * 100:+.2f}"
+
+
+def _label(family: str) -> str:
+    return {"corruption": "corruptions", "adversarial": "adversarial attacks"}.get(family, family)
+
+
+def _attribute_list(rows: pd.DataFrame) -> str:
+    items = [
+        f"{row.attribute} ({_points(row.difference)} points, 95% CI "
+        f"[{_points(row.diff_ci_low)}, {_points(row.diff_ci_high)}])"
+        for row in rows.itertuples()
+    ]
+    return ", ".join(items[:-1]) + (" and " if len(items) > 1 else "") + items[-1]
+
+
+def family_sentence(variant: str, family: str, rows: pd.DataFrame) -> tuple[str, Outcome | None]:
+    """One sentence for one variant and family, and its overall outcome (None: mixed)."""
+    outcomes = [outcome(r.diff_ci_low, r.diff_ci_high) for r in rows.itertuples()]
+    rows = rows.assign(outcome=outcomes)
+    parts = []
+    for kind in (Outcome.BETTER, Outcome.WORSE):
+        chosen = rows[rows["outcome"] == kind]
+        if not chosen.empty:
+            parts.append(f"significantly {kind.value} on {_attribute_list(chosen)}")
+    neutral = rows[rows["outcome"] == Outcome.NO_DIFFERENCE]
+    if not neutral.empty:
+        names = ", ".join(neutral["attribute"].astype(str))
+        parts.append(f"no significant difference on {names}")
+    kinds = set(outcomes) - {Outcome.NO_DIFFERENCE}
+    overall = Outcome.NO_DIFFERENCE if not kinds else (kinds.pop() if len(kinds) == 1 else None)
+    return f"Under {_label(family)}, {variant} is " + "; ".join(parts) + ".", overall
+
+
+def verdict(summary: pd.DataFrame, search: dict[str, Any] | None = None) -> str:
+    """The paragraph: one sentence per variant × family, a conclusion, and the caveats."""
+    needed = {"level", "variant", "family", "attribute", "difference", "diff_ci_low"}
+    if not needed.issubset(summary.columns):
+        summary = pd.DataFrame(columns=sorted(needed | {"diff_ci_high"}))
+    rows = summary[
+        (summary["level"] == "family")
+        & summary["family"].isin(FAMILIES)
+        & (summary["variant"] != NORMAL)
+        & summary["difference"].notna()
+        & summary["diff_ci_low"].notna()
+    ]
+    if rows.empty:
+        return (
+            "No paired comparison of an emphasized variant with the normal model is in this "
+            "run yet, so the question stays open."
+        )
+    sentences: list[str] = []
+    conclusions: list[str] = []
+    for variant, by_variant in rows.groupby("variant", sort=True):
+        overall = []
+        for family in FAMILIES:
+            part = by_variant[by_variant["family"] == family].sort_values("attribute")
+            if part.empty:
+                continue
+            sentence, result = family_sentence(str(variant), family, part)
+            sentences.append(sentence)
+            overall.append((family, result))
+        helped = [_label(family) for family, result in overall if result is Outcome.BETTER]
+        hurt = [_label(family) for family, result in overall if result is Outcome.WORSE]
+        mixed = [_label(family) for family, result in overall if result is None]
+        if not helped and not hurt and not mixed:
+            conclusions.append(f"{variant}: no significant difference from the normal model")
+        else:
+            pieces = []
+            if helped:
+                pieces.append(f"helps under {', '.join(helped)}")
+            if hurt:
+                pieces.append(f"hurts under {', '.join(hurt)}")
+            if mixed:
+                pieces.append(f"helps some attributes and hurts others under {', '.join(mixed)}")
+            conclusions.append(f"{variant}: " + "; ".join(pieces))
+    text = " ".join(sentences) + " In short, " + "; ".join(conclusions) + "."
+    if search and search.get("chosen"):
+        chosen, name = search["chosen"], search.get("variant")
+        text += (
+            f" The emphasis search chose {chosen['spec']} on the validation split "
+            f"(robustness gain {chosen['robustness_gain']:+.2f} points at a clean cost of "
+            f"{chosen['clean_cost']:+.2f} points); "
+            + (
+                f"the sentences on {name} above are its test-split result, on images the "
+                "search never saw."
+                if name in set(rows["variant"])
+                else "it has not been evaluated on the test split yet."
+            )
+        )
+    text += (
+        " Each CI is for one attribute and family and is not corrected for multiple "
+        "comparisons; differences are on the same test images (paired)."
+    )
+    return text
