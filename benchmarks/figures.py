@@ -139,7 +139,14 @@ def run_in_process(sweep: Sweep, device: torch.device) -> None:
     models = {name: model.to(device) for name, model in sweep.models.items()}
     torch.set_grad_enabled(True)
     for job in sweep.jobs:
-        run_job(job, models, sweep.images, sweep.labels, device=device)
+        run_job(
+            job,
+            models,
+            sweep.images,
+            sweep.labels,
+            device=device,
+            drift_samples=sweep.config.robustness.drift_samples,
+        )
 
 
 @ray.remote

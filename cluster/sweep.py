@@ -36,7 +36,7 @@ from ray.exceptions import RayError, RayTaskError
 from torch import nn
 from tqdm.auto import tqdm
 
-from robustness.jobs import Job, run_job
+from robustness.jobs import DRIFT_SAMPLES, Job, run_job
 from robustness.limits import JobMemoryError, memory_cap
 from robustness.perturbations import Family
 from robustness.results import failure_record, write_part
@@ -143,6 +143,7 @@ def evaluate_job(
     images: np.ndarray,
     labels: np.ndarray,
     memory_mb: float | None = None,
+    drift_samples: int = DRIFT_SAMPLES,
 ) -> tuple[list[dict[str, Any]], float, str, str]:
     """Run one job on a worker: (rows, wall seconds, node, worker).
 
@@ -164,7 +165,9 @@ def evaluate_job(
         split_images, split_labels = torch.from_numpy(images), torch.from_numpy(labels)
     start = time.perf_counter()
     with memory_cap(memory_mb):
-        rows = run_job(job, models, split_images, split_labels, device=device)
+        rows = run_job(
+            job, models, split_images, split_labels, device=device, drift_samples=drift_samples
+        )
     # Simulated nodes share a hostname: the node id tells them apart.
     node = f"{socket.gethostname()}/{context.get_node_id()[:8]}"
     return rows, time.perf_counter() - start, node, f"pid-{os.getpid()}"
@@ -246,7 +249,14 @@ def run_sweep_on_ray(
     in_flight: dict[ray.ObjectRef, tuple[Job, int]] = {}  # ref -> (job, attempt number)
 
     def submit(job: Job, attempt: int) -> None:
-        ref = task.remote(job, models_box, images_ref, labels_ref, memory_mb_per_task)
+        ref = task.remote(
+            job,
+            models_box,
+            images_ref,
+            labels_ref,
+            memory_mb_per_task,
+            sweep.config.robustness.drift_samples,
+        )
         in_flight[ref] = (job, attempt)
         stats.submitted += 1
         stats.max_in_flight_seen = max(stats.max_in_flight_seen, len(in_flight))

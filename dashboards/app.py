@@ -348,12 +348,52 @@ def page_attention(run_dir: Path) -> None:
     else:
         mask_gallery(samples, importance)
 
-    drift_path = run_dir / "drift.csv"
-    if drift_path.is_file():
-        st.subheader("Mask drift vs strength")
-        drift = load_csv(run_dir, "drift.csv")
-        if drift is not None:
-            show_chart(charts.drift_chart, drift)
+    st.subheader("Attention drift vs strength")
+    drift_view(run_dir)
+
+
+def drift_view(run_dir: Path) -> None:
+    """drift.csv: how far each perturbation moves the masks, per variant (optional file)."""
+    if not (run_dir / "drift.csv").is_file():
+        st.info(
+            "No attention drift in this run (`drift.csv` is missing): runs evaluated before "
+            "drift was measured lack it, and a running sweep writes it at the end."
+        )
+        return
+    drift = load_csv(run_dir, "drift.csv")
+    if drift is None:
+        return
+    if drift.empty:
+        st.info(
+            "`drift.csv` has no rows: the run has no noise, corruption or fixed-ε attack job, "
+            "or its part files predate drift (move `parts/` aside and rerun `iamt evaluate`)."
+        )
+        return
+    left, middle, right = st.columns(3)
+    families = sorted(drift["family"].dropna().unique())
+    family = left.selectbox("Family", ["all", *families], key="drift_family")
+    attributes = sorted(drift["attribute"].dropna().unique())
+    attribute = middle.selectbox("Attribute", ["all (mean)", *attributes], key="drift_attribute")
+    measure = right.selectbox(
+        "Measure",
+        list(charts.DRIFT_MEASURES),
+        format_func=lambda m: charts.DRIFT_MEASURES[m],
+        key="drift_measure",
+    )
+    show_chart(
+        charts.drift_chart,
+        drift,
+        measure=measure,
+        family=None if family == "all" else family,
+        attribute=None if attribute == "all (mean)" else attribute,
+    )
+    st.caption(
+        "Mask cosine: mean over images of the cosine similarity between a variant's masks "
+        "(after its transform) on the clean and on the perturbed image; 1 = unmoved. Spearman "
+        "ρ: rank correlation of the channel importance (mean mask) on clean vs perturbed "
+        "images. Attacks: each variant against its own adversarials (minimisation attacks and "
+        "transfer are not measured). Pooled over shards, n-weighted."
+    )
 
 
 def mask_gallery(samples: rundata.MaskSamples, importance: pd.DataFrame | None) -> None:
@@ -435,7 +475,7 @@ def page_info(run_dir: Path, manifest: dict[str, Any] | None) -> None:
         st.error(f"{len(failures)} job(s) failed:")
         st.dataframe(failures, hide_index=True)
     st.subheader("Downloads")
-    for filename in (*rundata.KNOWN_CSVS, "drift.csv"):
+    for filename in rundata.KNOWN_CSVS:
         path = run_dir / filename
         if path.is_file():
             st.download_button(

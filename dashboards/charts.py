@@ -405,8 +405,8 @@ def importance_heatmap(importance: pd.DataFrame) -> Chart:
 
 
 DRIFT_MEASURES = {
-    "mask_cosine": "mask cosine, clean vs perturbed (1 = masks unmoved)",
-    "importance_rank_correlation": "channel-importance Spearman ρ, clean vs perturbed",
+    "mask_cosine": "mask cosine (1 = unmoved)",
+    "importance_rank_correlation": "importance rank ρ (Spearman)",
 }
 
 
@@ -468,21 +468,21 @@ def drift_chart(
         alt.Chart(frame)
         .mark_line(point=True)
         .encode(
-            x=alt.X(
-                "strength:Q",
-                title="strength (noise: [0,1] pixel units; corruption: severity 1–5; attack: ε)",
-            ),
+            x=alt.X("strength:Q", title="strength (noise σ… / severity 1–5 / ε)"),
             y=alt.Y(f"{measure}:Q", title=title, scale=alt.Scale(zero=False)),
             color=alt.Color("variant:N", title="variant"),
             tooltip=tooltip,
         )
-        .properties(width=160, height=120)
+        .properties(width=160, height=140)
     )
     scope = "mean over attributes" if attribute is None else f"attribute {attribute}"
     return (
         line.facet(facet=alt.Facet("panel:N", title="perturbation"), columns=columns)
         .resolve_scale(x="independent")
-        .properties(title=f"Attention drift vs strength: {title} ({scope})")
+        .properties(
+            title=f"Attention drift, clean vs perturbed: {title} ({scope}); noise strengths "
+            "and ε in [0,1] pixel units"
+        )
     )
 
 

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import altair as alt
+import numpy as np
 import pandas as pd
 import yaml
+from scipy.stats import t as student_t
 
 from dashboards import charts
 from dashboards.rundata import RunDataError, read_csv, read_manifest
@@ -201,6 +203,106 @@ def _search_section(
     ]
 
 
+DRIFT_PAIR = ["job_id", "attribute"]
+
+
+def drift_stability(drift: pd.DataFrame) -> pd.DataFrame:
+    """Emphasized vs normal mask stability, from drift.csv: per emphasized variant and family
+    (and `all` families), the mean mask cosine of the variant and of the normal model over the
+    (job, attribute) pairs both have, their paired mean difference (variant − normal; > 0: the
+    variant's masks move less) and its 95% t interval over the pairs."""
+    columns = ["variant", "family", "pairs", "mask_cosine", "normal_mask_cosine"]
+    columns += ["difference", "ci_low", "ci_high"]
+    values = drift.dropna(subset=["mask_cosine"])
+    normal = values[values["variant"] == charts.NORMAL].set_index(DRIFT_PAIR)["mask_cosine"]
+    rows = []
+    for variant in sorted(set(values["variant"]) - {charts.NORMAL}):
+        mine = values[values["variant"] == variant].set_index(DRIFT_PAIR)
+        paired = mine[["family", "mask_cosine"]].join(normal.rename("normal"), how="inner")
+        for family in ["all", *sorted(paired["family"].unique())]:
+            part = paired if family == "all" else paired[paired["family"] == family]
+            differences = (part["mask_cosine"] - part["normal"]).to_numpy(dtype=float)
+            n = len(differences)
+            mean = float(differences.mean()) if n else math.nan
+            half = math.nan
+            if n > 1:
+                spread = float(differences.std(ddof=1)) / math.sqrt(n)
+                half = float(student_t.ppf(0.975, n - 1)) * spread
+            rows.append(
+                {
+                    "variant": variant,
+                    "family": family,
+                    "pairs": n,
+                    "mask_cosine": float(part["mask_cosine"].mean()) if n else math.nan,
+                    "normal_mask_cosine": float(part["normal"].mean()) if n else math.nan,
+                    "difference": mean,
+                    "ci_low": mean - half,
+                    "ci_high": mean + half,
+                }
+            )
+    return pd.DataFrame(rows, columns=columns)
+
+
+def drift_answer(stability: pd.DataFrame) -> str:
+    """The answer to "does emphasis make the masks more stable?", one sentence per emphasized
+    variant, from the `all` rows of `drift_stability`; significant only when the 95% CI
+    excludes 0."""
+    pooled = stability[stability["family"] == "all"]
+    if pooled.empty:
+        return "No emphasized variant and normal model share drift measurements to compare."
+    answers = []
+    for row in pooled.itertuples():
+        numbers = (
+            f"mean mask cosine {row.mask_cosine:.5f} vs normal {row.normal_mask_cosine:.5f}, "
+            f"difference {row.difference:+.2e}, 95% CI [{row.ci_low:+.2e}, {row.ci_high:+.2e}], "
+            f"{row.pairs} (job, attribute) pairs"
+        )
+        if not np.isfinite(row.ci_low) or not np.isfinite(row.ci_high):
+            answers.append(f"{row.variant}: too few pairs for an interval ({numbers}).")
+        elif row.ci_low > 0:
+            answers.append(f"{row.variant}: yes, its masks move less than normal's ({numbers}).")
+        elif row.ci_high < 0:
+            answers.append(f"{row.variant}: no, its masks move more than normal's ({numbers}).")
+        else:
+            answers.append(f"{row.variant}: no significant difference ({numbers}).")
+    return " ".join(answers)
+
+
+def _drift_section(drift: pd.DataFrame | None, plots: Path, notes: list[str]) -> list[str]:
+    """Attention drift (drift.csv, optional): the drift plot and whether emphasis makes the
+    masks more stable under perturbation."""
+    heading = "<h2>Attention drift: does emphasis make the masks more stable?</h2>"
+    if drift is None:
+        return [heading, "<p>This run has no drift.csv (evaluated before drift existed).</p>"]
+    if drift.empty:
+        return [heading, "<p>drift.csv has no rows (no noise, corruption or ε attack).</p>"]
+    stability = drift_stability(drift)
+    return [
+        heading,
+        f"<p><b>Answer.</b> {html.escape(drift_answer(stability))}</p>",
+        "<p>Mask cosine: per image, the cosine similarity between a variant's masks (after its "
+        "transform) on the clean and on the perturbed image, averaged over the images; 1 = "
+        "unmoved. Differences pair each emphasized variant with the normal model on the same "
+        "job and attribute (the same clean and perturbed images, except under white-box "
+        "attacks, where each variant faces its own adversarials); 95% t intervals over the "
+        "pairs, which share images, so read them as approximate.</p>",
+        _plot("drift", lambda: charts.drift_chart(drift), plots, notes),
+        _table(_drift_display(stability), ["variant", "family"]),
+    ]
+
+
+def _drift_display(stability: pd.DataFrame) -> pd.DataFrame:
+    """The stability table as text: cosines near 1 need more digits than `_fmt` gives."""
+    shown = stability.astype(object)
+    for column, spec in [("mask_cosine", ".5f"), ("normal_mask_cosine", ".5f")] + [
+        (column, "+.2e") for column in ("difference", "ci_low", "ci_high")
+    ]:
+        shown[column] = [
+            f"{value:{spec}}" if math.isfinite(value) else "–" for value in stability[column]
+        ]
+    return shown
+
+
 def write_report(run_dir: Path) -> Path:
     """Write `run_dir/report.html` and `run_dir/plots/*.png`; returns the report's path."""
     run_dir = Path(run_dir)
@@ -305,6 +407,7 @@ def write_report(run_dir: Path) -> Path:
         sections.append(
             _plot("importance", lambda: charts.importance_heatmap(importance), plots, notes)
         )
+    sections += _drift_section(_optional_csv(run_dir / "drift.csv"), plots, notes)
     if failures is not None and not failures.empty:
         sections += [
             '<h2 class="fail">Failed jobs</h2>',

@@ -259,6 +259,11 @@ class RobustnessConfig(Section):
     split: Literal["test"] = "test"
     shard_size: PositiveInt = 500
     batch_size: PositiveInt = 500
+    drift_samples: NonNegativeInt = Field(
+        128,
+        description="attention drift (drift.csv) on each job's first this many images; "
+        "it costs a clean forward of them per variant; 0 turns it off",
+    )
     noise: NoiseConfig = NoiseConfig()
     corruptions: CorruptionConfig = CorruptionConfig()
     attacks: AttacksConfig = AttacksConfig()

@@ -59,12 +59,14 @@ from robustness.schema import CLEAN_COLUMNS
 
 NORMAL = "normal"
 CHECKPOINT_STEM = Path("checkpoints") / "normal"
-IGNORED_BY_TRAINING = ("robustness", "search", "cluster")  # config sections that do not shape the model
+# Config sections that do not shape the model.
+IGNORED_BY_TRAINING = ("robustness", "search", "cluster")
 # What a sweep derives from the checkpoint: stale as soon as the checkpoint changes.
 EVALUATION_OUTPUTS = (
     "parts",
     "results.csv",
     "summary.csv",
+    "drift.csv",
     "failures.csv",
     "timings.csv",
     "report.html",

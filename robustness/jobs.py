@@ -15,6 +15,12 @@ same rows.
 Each row carries `outcomes`: the per-sample correctness as a '0'/'1' string over the shard.
 It stays in the part files (not in results.csv) and lets the summary pair variants sample by
 sample (bootstrap CIs, McNemar).
+
+Rows also carry the attention drift of their variant and attribute (`robustness.drift`):
+`mask_cosine` and `importance_rank_correlation` between the masks on the clean shard and on the
+perturbed one. Noise and corruption rows compare the shard with its perturbed version, white-box
+rows of fixed-ε attacks with the adversarials crafted on that variant for that attribute. Clean,
+transfer and minimisation-attack rows leave them empty (no single perturbed image set).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from robustness.drift import MaskDrift, mask_drift, predict_with_drift
 from robustness.metrics import attack_success_rate, median_distance
 from robustness.perturbations import (
     Attack,
@@ -38,6 +45,7 @@ from robustness.perturbations import (
 from robustness.perturbations.attacks import attribute_view
 
 NO_PERTURBATION = "none"
+DRIFT_SAMPLES = 128  # images of each shard the attention drift is measured on (the default)
 
 
 @dataclass(frozen=True)
@@ -103,9 +111,11 @@ def _row(
     source_variant: str | None = None,
     success_rate: float | None = None,
     median: float | None = None,
+    drift: MaskDrift | None = None,  # of this row's variant; the row's attribute is read
 ) -> dict[str, Any]:
     strength_column = "severity" if job.family is Family.CORRUPTION else "epsilon"
     strength = epsilon if epsilon is not None else job.strength
+    attribute_index = job.attribute_names.index(attribute)
     return {
         "job_id": job.job_id,
         "variant": variant,
@@ -124,6 +134,11 @@ def _row(
         "engine": dict(job.params).get("engine", "reference")
         if job.family is Family.CORRUPTION
         else None,
+        "mask_cosine": None if drift is None else drift.mask_cosine[attribute_index],
+        "importance_rank_correlation": (
+            None if drift is None else drift.importance_rank_correlation[attribute_index]
+        ),
+        "drift_n": None if drift is None else drift.n,
         "outcomes": _encode(correct),
     }
 
@@ -135,9 +150,12 @@ def run_job(
     labels: Tensor,
     *,
     device: torch.device | str = "cpu",
+    drift_samples: int = DRIFT_SAMPLES,
 ) -> list[dict[str, Any]]:
     """Evaluate one job. `images` (N, 3, H, W) / `labels` (N, A) are the whole evaluation split;
     the job takes its shard. Returns one row per (variant, attribute[, ε, source]).
+    `drift_samples`: the attention drift is measured on the shard's first this many images
+    (`robustness.drift_samples`; 0: not at all).
 
     The models must already be on `device`; the shard is perturbed and classified there, and
     the outcomes are counted on the CPU."""
@@ -148,33 +166,58 @@ def run_job(
     x = images[job.shard_start : job.shard_stop].to(device, copy=True)  # (n, 3, H, W)
     y = labels[job.shard_start : job.shard_stop].cpu()  # (n, A)
     if job.family in (Family.CLEAN, Family.NOISE, Family.CORRUPTION):
-        return _run_image_job(job, models, x, y)
+        return _run_image_job(job, models, x, y, drift_samples)
     perturbation = create_perturbation(job.perturbation, **dict(job.params))
     assert isinstance(perturbation, Attack)
     if perturbation.minimization:
         return _run_minimisation_job(job, perturbation, models, x, y)
-    return _run_fixed_epsilon_job(job, perturbation, models, x, y)
+    return _run_fixed_epsilon_job(job, perturbation, models, x, y, drift_samples)
+
+
+def _perturbed(job: Job, x: Tensor) -> Tensor:
+    """The job's perturbation of the shard `x`, generated once for every variant."""
+    perturbation = create_perturbation(job.perturbation, **dict(job.params))
+    assert isinstance(perturbation, ImagePerturbation)
+    assert job.strength is not None
+    return perturbation(x, job.strength, seed=job.seed)
 
 
 def _run_image_job(
-    job: Job, models: Mapping[str, nn.Module], x: Tensor, y: Tensor
+    job: Job, models: Mapping[str, nn.Module], x: Tensor, y: Tensor, drift_samples: int
 ) -> list[dict[str, Any]]:
-    if job.family is not Family.CLEAN:
-        perturbation = create_perturbation(job.perturbation, **dict(job.params))
-        assert isinstance(perturbation, ImagePerturbation)
-        assert job.strength is not None
-        x = perturbation(x, job.strength, seed=job.seed)  # generated once for every variant
-    rows = []
+    rows: list[dict[str, Any]] = []
+    if job.family is Family.CLEAN or drift_samples == 0:  # no drift to measure
+        if job.family is not Family.CLEAN:
+            x = _perturbed(job, x)
+        for variant in job.variants:
+            correct = predict_all(models[variant], x, job.batch_size) == y  # (n, A)
+            rows += [
+                _row(job, variant, name, correct[:, a])
+                for a, name in enumerate(job.attribute_names)
+            ]
+        return rows
+    perturbed = _perturbed(job, x)
     for variant in job.variants:
-        correct = predict_all(models[variant], x, job.batch_size) == y  # (n, A)
+        # One pass over the perturbed shard gives the predictions and the masks; the clean
+        # shard costs one extra forward per variant, for its masks.
+        predictions, drift = predict_with_drift(
+            models[variant], x, perturbed, job.batch_size, drift_samples=drift_samples
+        )
+        correct = predictions == y  # (n, A)
         rows += [
-            _row(job, variant, name, correct[:, a]) for a, name in enumerate(job.attribute_names)
+            _row(job, variant, name, correct[:, a], drift=drift)
+            for a, name in enumerate(job.attribute_names)
         ]
     return rows
 
 
 def _run_fixed_epsilon_job(
-    job: Job, attack: Attack, models: Mapping[str, nn.Module], x: Tensor, y: Tensor
+    job: Job,
+    attack: Attack,
+    models: Mapping[str, nn.Module],
+    x: Tensor,
+    y: Tensor,
+    drift_samples: int,
 ) -> list[dict[str, Any]]:
     assert job.strength is not None
     epsilon = job.strength
@@ -192,6 +235,19 @@ def _run_fixed_epsilon_job(
             )
             adversarial, success = outcome.adversarials[epsilon], outcome.success[epsilon].cpu()
             robust = clean[source][:, a] & ~success
+            # The masks of the attacked attribute, clean vs this variant's own adversarials.
+            drift = (
+                mask_drift(
+                    models[source],
+                    x,
+                    adversarial,
+                    job.batch_size,
+                    attributes=[a],
+                    drift_samples=drift_samples,
+                )
+                if drift_samples > 0
+                else None
+            )
             rows.append(
                 _row(
                     job,
@@ -199,6 +255,7 @@ def _run_fixed_epsilon_job(
                     name,
                     robust,
                     success_rate=attack_success_rate(clean[source][:, a], success),
+                    drift=drift,
                 )
             )
             if not job.transfer:

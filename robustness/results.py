@@ -9,8 +9,14 @@
 - `summary.csv`: aggregates per (variant, attribute) at three levels (see `summarize`), with
   CIs, paired differences against the normal model, McNemar p-values, AUC, mCE and the
   adversarial sanity flags.
+- `drift.csv`: the attention drift of every row that has a perturbed image set (noise,
+  corruptions, fixed-ε white-box attacks): mask cosine and importance rank correlation between
+  clean and perturbed masks (`robustness.drift`), sorted like results.csv.
 - `failures.csv`: job_id, spec, error, attempts. `timings.csv`: job_id, node, worker, attempts,
   wall_s (never in results.csv, which must not depend on where a job ran).
+
+Part files written before the drift columns existed (`LEGACY_PART_COLUMNS`) are still read and
+resumed from; their rows have no drift.
 """
 
 from __future__ import annotations
@@ -38,7 +44,10 @@ from robustness.metrics import (
 from robustness.perturbations import Family, get_perturbation_class
 from robustness.sanity import CHECKS, all_passed, sanity_flags
 from robustness.schema import (
+    DRIFT_COLUMNS,
+    DRIFT_SORT_KEY,
     FAILURE_COLUMNS,
+    LEGACY_PART_COLUMNS,
     PART_COLUMNS,
     RESULT_COLUMNS,
     SORT_KEY,
@@ -106,7 +115,7 @@ def part_problem(path: Path, variants: Collection[str], attributes: Collection[s
         frame = pd.read_csv(path, dtype=PART_DTYPES)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         return f"unreadable CSV: {str(error).strip().splitlines()[0]}"
-    if list(frame.columns) != PART_COLUMNS:
+    if list(frame.columns) not in (PART_COLUMNS, LEGACY_PART_COLUMNS):
         return f"columns {list(frame.columns)} are not the part columns"
     if frame.empty:
         return "no rows"
@@ -148,19 +157,33 @@ def quarantine_corrupt_parts(
 
 
 def read_parts(run_dir: Path, job_ids: Iterable[str]) -> pd.DataFrame:
-    """The rows of the given jobs' parts, in job_id order, parsed as one CSV (one pandas parse
-    instead of one per part, which cost 3 ms a part)."""
-    header = ",".join(PART_COLUMNS)
-    bodies = []
+    """The rows of the given jobs' parts, in job_id order, parsed as one CSV per header (one
+    pandas parse instead of one per part, which cost 3 ms a part). Legacy parts (no drift
+    columns) get empty drift cells."""
+    headers = [",".join(PART_COLUMNS), ",".join(LEGACY_PART_COLUMNS)]
+    bodies: dict[str, list[str]] = {header: [] for header in headers}
     for job_id in sorted(job_ids):
         path = part_path(run_dir, job_id)
         first, _, body = path.read_text().partition("\n")
-        if first != header:
+        if first not in bodies:
             raise ValueError(f"{path}: not a part file (header {first[:80]!r})")
-        bodies.append(body)
-    if not bodies:
+        bodies[first].append(body)
+    if not any(bodies.values()):
         return pd.DataFrame(columns=PART_COLUMNS)
-    return pd.read_csv(io.StringIO(header + "\n" + "".join(bodies)), dtype=PART_DTYPES)
+    if not bodies[headers[1]]:  # the usual case: every part has the current columns
+        text = headers[0] + "\n" + "".join(bodies[headers[0]])
+        return pd.read_csv(io.StringIO(text), dtype=PART_DTYPES)
+    frames = [
+        pd.read_csv(
+            io.StringIO(header + "\n" + "".join(bodies[header])),
+            dtype=PART_DTYPES,
+        )
+        for header in headers
+        if bodies[header]
+    ]
+    # Back to job_id order (a stable sort keeps each part's own row order).
+    frame = pd.concat(frames, ignore_index=True).sort_values("job_id", kind="mergesort")
+    return frame.reindex(columns=PART_COLUMNS).reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------- results.csv
@@ -182,6 +205,25 @@ def merge_results(
     frame["ci_high"] = [high for _, high in intervals]
     frame = _sorted(frame)
     return frame[RESULT_COLUMNS]
+
+
+def drift_table(parts: pd.DataFrame) -> pd.DataFrame:
+    """`drift.csv`: the attention drift of each part row that has one (noise, corruption and
+    fixed-ε white-box rows; clean, transfer and minimisation rows have none), one row per job ×
+    variant × attribute, with the strength in one column (severity for corruptions, else ε).
+    Sorted by a total key, so the same parts give the same bytes."""
+    frame = parts.copy()
+    for column in ("mask_cosine", "importance_rank_correlation"):
+        if column not in frame:
+            frame[column] = np.nan  # parts read some other way than `read_parts`
+    has_drift = frame["mask_cosine"].notna() | frame["importance_rank_correlation"].notna()
+    frame = frame[has_drift & frame["source_variant"].isna()]
+    corruption = frame["family"] == Family.CORRUPTION.value
+    frame = frame.assign(strength=frame["severity"].where(corruption, frame["epsilon"]))
+    if "drift_n" in frame:  # the images the drift was measured on, not the whole shard
+        frame = frame.assign(n=frame["drift_n"].where(frame["drift_n"].notna(), frame["n"]))
+    frame = frame.sort_values(DRIFT_SORT_KEY, na_position="first", kind="mergesort")
+    return frame[DRIFT_COLUMNS].reset_index(drop=True)
 
 
 def _sorted(frame: pd.DataFrame) -> pd.DataFrame:

@@ -35,6 +35,7 @@ from iamt.transforms import parse_transform
 from iamt.workflow import CHECKPOINT_STEM, NORMAL, RunDirectoryError, parse_variants
 from robustness.jobs import Job, expand_sweep, run_job
 from robustness.results import (
+    drift_table,
     failure_record,
     finished_job_ids,
     merge_results,
@@ -135,7 +136,13 @@ def prepare_sweep(run_dir: Path, config: RunConfig) -> Sweep:
 
 def timed_run(job: Job, sweep: Sweep) -> tuple[list[dict[str, Any]], float]:
     start = time.perf_counter()
-    rows = run_job(job, sweep.models, sweep.images, sweep.labels)
+    rows = run_job(
+        job,
+        sweep.models,
+        sweep.images,
+        sweep.labels,
+        drift_samples=sweep.config.robustness.drift_samples,
+    )
     return rows, time.perf_counter() - start
 
 
@@ -176,7 +183,8 @@ def run_sweep_locally(
 
 
 def finish_sweep(sweep: Sweep) -> dict[str, Any]:
-    """Merge parts into results.csv, aggregate summary.csv, write failures and timings."""
+    """Merge parts into results.csv, aggregate summary.csv and drift.csv, write failures and
+    timings."""
     run_dir, config = sweep.run_dir, sweep.config
     wanted = {job.job_id for job in sweep.jobs}
     finished = finished_job_ids(run_dir) & wanted
@@ -188,6 +196,7 @@ def finish_sweep(sweep: Sweep) -> dict[str, Any]:
     write_csv(
         run_dir / "summary.csv", summarize(parts, transforms=sweep.transforms, seed=config.seed)
     )
+    write_csv(run_dir / "drift.csv", drift_table(parts))
     write_failures(run_dir, sweep.failures)
     write_timings(run_dir, sweep.timings)
     return {"total": len(sweep.jobs), "done": len(finished), "failed": len(sweep.failures)}

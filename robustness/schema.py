@@ -46,7 +46,14 @@ PART_COLUMNS = [
     "seed",
     "shard_start",
     "engine",
+    "mask_cosine",  # attention drift of the row's variant and attribute (robustness.drift)
+    "importance_rank_correlation",
+    "drift_n",  # images the drift was measured on (`robustness.drift_samples` of the shard)
     "outcomes",
+]
+# Part files written before the drift columns existed: still read (their drift is empty).
+LEGACY_PART_COLUMNS = [
+    c for c in PART_COLUMNS if c not in ("mask_cosine", "importance_rank_correlation", "drift_n")
 ]
 SORT_KEY = ["family", "perturbation", "severity", "epsilon", "attribute", "variant"]
 SORT_KEY += ["source_variant", "shard_start", "job_id"]
@@ -55,6 +62,11 @@ CLEAN_COLUMNS += ["accuracy", "ci_low", "ci_high"]
 IMPORTANCE_COLUMNS = ["attribute", "channel", "score", "rank"]
 FAILURE_COLUMNS = ["job_id", "spec", "error", "attempts"]
 TIMING_COLUMNS = ["job_id", "node", "worker", "attempts", "wall_s"]
+# drift.csv: one row per job × variant × attribute that has a perturbed image set (noise,
+# corruption, fixed-ε white-box); `strength` is the severity (corruptions) or ε (noise, attacks).
+DRIFT_COLUMNS = ["job_id", "family", "perturbation", "strength", "variant", "attribute"]
+DRIFT_COLUMNS += ["mask_cosine", "importance_rank_correlation", "n"]
+DRIFT_SORT_KEY = ["family", "perturbation", "strength", "attribute", "variant", "job_id"]
 SANITY_COLUMNS = [f"sanity_{check}" for check in CHECKS] + ["sanity_all"]
 SUMMARY_COLUMNS = [
     "level",

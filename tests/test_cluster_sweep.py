@@ -57,7 +57,7 @@ def ray_run_dir(tiny_run: TrainRunSummary, tmp_path_factory: pytest.TempPathFact
 def test_ray_sweep_matches_the_single_process_sweep_byte_for_byte(
     ray_run_dir: Path, evaluated_run_dir: Path
 ) -> None:
-    for name in ["results.csv", "summary.csv"]:
+    for name in ["results.csv", "summary.csv", "drift.csv"]:
         assert (ray_run_dir / name).read_bytes() == (evaluated_run_dir / name).read_bytes(), name
     timings = pd.read_csv(ray_run_dir / "timings.csv")
     assert len(timings) == len(pd.read_csv(ray_run_dir / "results.csv")["job_id"].unique())

@@ -104,6 +104,9 @@ def test_read_csv_types_and_known_files(runs_dir: Path) -> None:
         table = rundata.read_run_csv(runs_dir / "tiny", name)
         assert table is not None, name
         assert set(rundata.SCHEMAS[name].columns) <= set(table.columns), name
+    drift = rundata.read_run_csv(runs_dir / "tiny", "drift.csv")
+    assert drift is not None and drift["mask_cosine"].dtype.kind == "f"
+    (runs_dir / "tiny" / "drift.csv").unlink()  # optional: older runs lack it
     assert rundata.read_run_csv(runs_dir / "tiny", "drift.csv") is None
 
 
@@ -130,7 +133,8 @@ def test_read_csv_errors_name_the_file(
         content = _csv_text([header, first[:8]])
     elif content == "__numeric__":
         header, first = list(csv.reader(io.StringIO(text)))[:2]
-        content = _csv_text([header, [*first[:-1], "abc"]])  # the seed
+        seed = header.index("seed")
+        content = _csv_text([header, [*first[:seed], "abc", *first[seed + 1 :]]])
     path.write_text(content)
     with pytest.raises(rundata.RunDataError, match=f"results.csv.*{message}|{message}.*") as info:
         rundata.read_csv(path)
@@ -190,14 +194,7 @@ def test_chart_builders_have_axis_titles_with_units(runs_dir: Path) -> None:
     results = rundata.read_csv(run / "results.csv")
     clean = rundata.read_csv(run / "clean.csv")
     importance = rundata.read_csv(run / "importance.csv")
-    drift = pd.DataFrame(
-        {
-            "variant": ["normal", "normal", "emphasized", "emphasized"],
-            "perturbation": ["gaussian"] * 4,
-            "epsilon": [0.05, 0.2, 0.05, 0.2],
-            "drift": [0.1, 0.2, 0.1, 0.3],
-        }
-    )
+    drift = rundata.read_csv(run / "drift.csv")
     built = {
         "clean": charts.clean_accuracy_chart(clean),
         "headline": charts.headline_chart(summary),
@@ -218,6 +215,9 @@ def test_chart_builders_have_axis_titles_with_units(runs_dir: Path) -> None:
     robust_x = [t for c, t in axis_titles(built["robust"].to_dict()) if c == "x"]
     assert any("L∞, [0,1] pixel units" in t for t in robust_x)
     assert any("McNemar p" in str(t) for t in _tooltips(built["headline"].to_dict()))
+    assert "mask cosine" in dict(axis_titles(built["drift"].to_dict()))["y"]
+    rho = charts.drift_chart(drift, measure="importance_rank_correlation", family="noise")
+    assert "Spearman" in dict(axis_titles(rho.to_dict()))["y"]
     # An empty frame gives a placeholder chart, not an exception.
     assert charts.headline_chart(summary.iloc[0:0]).to_dict()
 
@@ -229,6 +229,31 @@ def _tooltips(spec: Any) -> list[Any]:
     if isinstance(spec, list):
         return [x for v in spec for x in _tooltips(v)]
     return []
+
+
+def test_drift_curves_pool_shards_and_attributes_by_n() -> None:
+    drift = pd.DataFrame(
+        {
+            "family": ["noise"] * 4,
+            "perturbation": ["gaussian"] * 4,
+            "strength": [0.1] * 4,
+            "variant": ["normal"] * 4,
+            "attribute": ["shape", "shape", "size", "size"],
+            "mask_cosine": [0.9, 0.6, 1.0, 0.5],
+            "importance_rank_correlation": [1.0, 0.5, float("nan"), 0.0],
+            "n": [30, 10, 30, 10],
+        }
+    )
+    pooled = charts.drift_curves(drift)
+    assert pooled["mask_cosine"].tolist() == pytest.approx([(27 + 6 + 30 + 5) / 80])
+    shape = charts.drift_curves(drift, attribute="shape")
+    assert shape["mask_cosine"].tolist() == pytest.approx([0.825])
+    rho = charts.drift_curves(drift, measure="importance_rank_correlation")
+    assert rho["importance_rank_correlation"].tolist() == pytest.approx([(30 + 5) / 50])
+    assert charts.drift_curves(drift, family="corruption").empty
+    assert charts.drift_chart(drift.iloc[0:0]).to_dict()  # a placeholder, not an exception
+    with pytest.raises(ValueError, match="unknown drift measure"):
+        charts.drift_curves(drift, measure="drift")
 
 
 def test_transfer_matrix_has_a_whitebox_diagonal(runs_dir: Path) -> None:
@@ -296,6 +321,20 @@ def test_adversarial_page_flags_failed_sanity_checks(
     app = run_app(monkeypatch, runs_dir, "Adversarial")
     assert not app.exception
     assert any("pgd_beats_fgsm" in e.value for e in app.error)
+
+
+def test_attention_page_shows_drift_and_says_when_a_run_has_none(
+    runs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = run_app(monkeypatch, runs_dir, "Attention")
+    assert not app.exception, [e.value for e in app.exception]
+    assert "Attention drift vs strength" in [h.value for h in app.subheader]
+    assert {"Family", "Attribute", "Measure"} <= {box.label for box in app.selectbox}
+    assert "Mask cosine" in texts(app)
+    (runs_dir / "tiny" / "drift.csv").unlink()  # a run evaluated before drift existed
+    app = run_app(monkeypatch, runs_dir, "Attention")
+    assert not app.exception and not app.error
+    assert "`drift.csv` is missing" in texts(app)
 
 
 def test_runs_page_lists_the_run_and_empty_dir_shows_guidance(

@@ -45,6 +45,10 @@ def test_every_kind_of_job_runs_on_the_gpu_and_agrees_with_the_cpu(
             tolerance = 0.25 if family in (Family.NOISE, Family.ADVERSARIAL) else 0.05
             agree = sum(a == b for a, b in zip(gpu["outcomes"], cpu["outcomes"], strict=True))
             assert agree >= (1 - tolerance) * gpu["n"], (name, gpu["attribute"], agree, gpu["n"])
+            # Attention drift is measured on the GPU too, for the same rows.
+            assert (gpu["mask_cosine"] is None) == (cpu["mask_cosine"] is None), name
+            if gpu["mask_cosine"] is not None:
+                assert -1e-6 <= gpu["mask_cosine"] <= 1 + 1e-6, (name, gpu["mask_cosine"])
 
 
 def test_training_on_the_gpu_reaches_the_cpu_accuracy_band(tmp_path: Path) -> None:

@@ -6,9 +6,13 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+from scipy import stats
 
 from cluster.cli import main
+from dashboards import report
 
 
 @pytest.fixture
@@ -48,6 +52,11 @@ def test_report_images_exist_and_the_sections_are_there(run_dir: Path) -> None:
     assert "<b>Verdict.</b>" in page and "Emphasis search" not in page
     assert "not corrected for multiple comparisons" in page
     assert "<h2>Notes</h2>" not in page  # every chart was drawn
+    # Attention drift: its plot, and a generated answer that never claims beyond its CI.
+    assert "plots/drift.png" in sources
+    assert re.search(
+        r"<b>Answer\.</b> emphasized: (yes|no|no significant difference)[,( ].*95% CI", page
+    )
     assert "http://" not in page and "https://" not in page  # readable offline
 
 
@@ -57,3 +66,52 @@ def test_report_refuses_a_directory_that_is_not_a_run(
     assert main(["report", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err
     assert not (tmp_path / "report.html").exists()
+
+
+def _drift(normal: list[float], emphasized: list[float]) -> pd.DataFrame:
+    """drift.csv rows: one noise job per value, one attribute, both variants."""
+    rows = []
+    for variant, values in (("normal", normal), ("emphasized", emphasized)):
+        for i, value in enumerate(values):
+            rows.append(
+                {
+                    "job_id": f"j{i}",
+                    "family": "noise",
+                    "perturbation": "gaussian",
+                    "strength": 0.1,
+                    "variant": variant,
+                    "attribute": "shape",
+                    "mask_cosine": value,
+                    "importance_rank_correlation": 1.0,
+                    "n": 10,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize(
+    ("emphasized", "answer"),
+    [
+        ([0.95, 0.96, 0.97, 0.96], "emphasized: yes, its masks move less"),
+        ([0.85, 0.86, 0.87, 0.86], "emphasized: no, its masks move more"),
+        ([0.91, 0.89, 0.92, 0.88], "emphasized: no significant difference"),
+        ([0.95], "emphasized: too few pairs"),
+    ],
+)
+def test_the_drift_answer_follows_the_paired_interval(emphasized: list[float], answer: str) -> None:
+    normal = [0.90, 0.91, 0.92, 0.91]
+    stability = report.drift_stability(_drift(normal, emphasized))
+    pooled = stability[stability["family"] == "all"].iloc[0]
+    pairs = min(len(normal), len(emphasized))
+    assert pooled["pairs"] == pairs
+    differences = np.array(emphasized) - np.array(normal[:pairs])
+    assert pooled["difference"] == pytest.approx(differences.mean())
+    if pairs > 1:  # the 95% t interval over the pairs
+        half = stats.t.ppf(0.975, pairs - 1) * differences.std(ddof=1) / np.sqrt(pairs)
+        assert pooled["ci_high"] - pooled["ci_low"] == pytest.approx(2 * half)
+    assert report.drift_answer(stability).startswith(answer)
+
+
+def test_a_run_without_drift_says_so(tmp_path: Path) -> None:
+    section = "".join(report._drift_section(None, tmp_path / "plots", []))
+    assert "has no drift.csv" in section and not (tmp_path / "plots").exists()

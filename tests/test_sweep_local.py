@@ -127,7 +127,7 @@ def test_evaluate_writes_reproducible_complete_results(run_dir: Path, tmp_path: 
     shutil.copytree(run_dir, other, ignore=shutil.ignore_patterns("parts", "*.csv"))
     shutil.copy(run_dir / "importance.csv", other / "importance.csv")
     runner.evaluate_run(other, config, show_progress=False)
-    for name in ["results.csv", "summary.csv"]:
+    for name in ["results.csv", "summary.csv", "drift.csv"]:
         assert _sha(other / name) == _sha(run_dir / name), name
 
 
@@ -158,10 +158,10 @@ def test_a_failing_job_is_recorded_and_the_rest_completes(
     victim = runner.prepare_sweep(run_dir, config).jobs[3]
     real_run_job = runner.run_job
 
-    def flaky(job: Job, *args: Any) -> list[dict[str, Any]]:
+    def flaky(job: Job, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
         if job.job_id == victim.job_id:
             raise ValueError("injected failure for the test")
-        return real_run_job(job, *args)
+        return real_run_job(job, *args, **kwargs)
 
     monkeypatch.setattr(runner, "run_job", flaky)
     counts = runner.evaluate_run(run_dir, config, show_progress=False)
@@ -251,7 +251,8 @@ def test_a_damaged_part_is_quarantined_reported_and_its_job_recomputed(
     assert counts["failed"] == 0 and counts["done"] == counts["total"]
     kept = run_dir / "quarantine" / victim.name
     assert kept.read_bytes() == damaged_bytes  # kept for inspection, never deleted
-    for name in ["results.csv", "summary.csv"]:  # the recomputed job equals the original
+    # The recomputed job equals the original.
+    for name in ["results.csv", "summary.csv", "drift.csv"]:
         assert _sha(run_dir / name) == _sha(evaluated_run_dir / name), name
     assert {p.name: p.stat().st_mtime_ns for p in (run_dir / "parts").glob("*.csv")} == {
         **others,
