@@ -52,4 +52,5 @@ def test_an_unknown_figure_is_refused_with_the_valid_names() -> None:
         "pgd_overhead",
         "train_overhead",
         "driver_rss",
+        "native_corruption_speedup",
     }

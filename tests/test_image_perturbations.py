@@ -96,11 +96,13 @@ def test_unknown_name_lists_valid_names() -> None:
 @pytest.mark.parametrize("name", CORRUPTIONS)
 def test_corruption_repr_and_pickle(name: str) -> None:
     """Readable reprs, and instances survive pickling (Ray ships them to workers)."""
-    perturbation = create_perturbation(name)
-    expected = "".join(part.capitalize() for part in name.split("_")) + "Corruption()"
-    assert repr(perturbation) == expected
-    restored = pickle.loads(pickle.dumps(perturbation))
-    assert type(restored) is type(perturbation) and restored == perturbation
+    class_name = "".join(part.capitalize() for part in name.split("_")) + "Corruption"
+    for engine in ("reference", "native"):
+        perturbation = create_perturbation(name, engine=engine)
+        assert repr(perturbation) == f"{class_name}(engine='{engine}')"
+        restored = pickle.loads(pickle.dumps(perturbation))
+        assert type(restored) is type(perturbation) and restored == perturbation
+    assert create_perturbation(name) == create_perturbation(name, engine="reference")
 
 
 # ---------------------------------------------------------------- noise
