@@ -41,8 +41,11 @@ format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Two pytest-xdist workers, each taking whole test files (module fixtures such as a Ray cluster
+# are built once): much of the suite waits on Ray processes, so 2 workers fit a 2-core machine.
+TEST_WORKERS ?= 2
 test: setup lint browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # Ratio benchmarks against the compute floor (benchmarks/README.md); ≤ 20 minutes on 2 cores.
 bench: setup

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,16 @@ SMALL_SWEEP: dict[str, Any] = {
         ],
     },
 }
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads() -> Iterator[None]:
+    """`train_run` with `train.num_threads` sets torch's threads for the whole process; put
+    them back, so that no test's floats depend on which tests ran before it (pytest-xdist
+    deals tests out to workers in its own order)."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import ray
+import torch
 
 from cluster.sweep import init_local_ray
 from cluster.train import STORAGE_DIR, FitRequest, fit_many_on_ray, fit_on_ray
@@ -61,6 +62,9 @@ def test_one_worker_trains_the_single_process_weights_bit_for_bit_concurrently(
 ) -> None:
     seeds = [3, 4]
     configs = [_with_workers(TINY, 1, seed=seed) for seed in seeds]
+    # The worker trains with one thread (cpus_per_worker=1); so must the reference, whatever
+    # an earlier test in this process set (float reductions depend on the thread count).
+    torch.set_num_threads(1)
     single = [
         train_run(config, tmp_path / f"single-{config.seed}", show_progress=False)
         for config in configs
