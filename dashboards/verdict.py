@@ -38,7 +38,12 @@ def _points(value: float) -> str:
 
 
 def _label(family: str) -> str:
-    return {"corruption": "corruptions", "adversarial": "adversarial attacks"}.get(family, family)
+    labels = {
+        "corruption": "corruptions",
+        "adversarial": "adversarial attacks",
+        "transfer": "attacks crafted on the normal model (transfer)",
+    }
+    return labels.get(family, family)
 
 
 def _attribute_list(rows: pd.DataFrame) -> str:

@@ -276,6 +276,17 @@ def _paired(
     }
 
 
+def _paired_transfer(
+    group: pd.DataFrame, normal: pd.DataFrame, *, clusters: bool, seed: int
+) -> dict[str, float]:
+    """A variant's transfer rows whose adversarials were crafted on the normal model, paired
+    with the normal model's white-box rows on the same adversarial images: does emphasis
+    resist attacks made for the normal model? (Other sources are not paired.)"""
+    from_normal = group[group["source_variant"] == NORMAL].assign(source_variant=np.nan)
+    whitebox = normal[normal["family"] == Family.ADVERSARIAL.value]
+    return _paired(from_normal, whitebox, clusters=clusters, seed=seed)
+
+
 def _accuracy(group: pd.DataFrame) -> dict[str, float]:
     correct, n = int(group["correct"].sum()), int(group["n"].sum())
     low, high = wilson_interval(correct, n)
@@ -320,6 +331,9 @@ def summarize(parts: pd.DataFrame, *, transforms: Mapping[str, str], seed: int =
         sanity = _sanity(group, clean)
         for family, family_rows in group.groupby("family", sort=True):
             compare = variant != NORMAL and family != Family.TRANSFER.value
+            # Transfer: this variant on the adversarials crafted against the normal model,
+            # paired with the normal model on those very images (its white-box rows).
+            transfer = variant != NORMAL and family == Family.TRANSFER.value
             # Condition level.
             keys = ["perturbation", "severity", "epsilon", "source_variant"]
             for condition, rows_here in family_rows.groupby(keys, dropna=False, sort=True):
@@ -331,6 +345,8 @@ def summarize(parts: pd.DataFrame, *, transforms: Mapping[str, str], seed: int =
                     row["median_distance"] = _pooled_median(rows_here)
                 if compare:
                     row.update(_paired(rows_here, normal, clusters=False, seed=seed))
+                if transfer:
+                    row.update(_paired_transfer(rows_here, normal, clusters=False, seed=seed))
                 rows.append(row)
             # Perturbation level (noise and corruptions: pooled over strengths).
             if family in (Family.NOISE.value, Family.CORRUPTION.value):
@@ -348,6 +364,8 @@ def summarize(parts: pd.DataFrame, *, transforms: Mapping[str, str], seed: int =
             row.update(_accuracy(family_rows))
             if compare:
                 row.update(_paired(family_rows, normal, clusters=True, seed=seed))
+            if transfer:
+                row.update(_paired_transfer(family_rows, normal, clusters=True, seed=seed))
             if family == Family.CORRUPTION.value:
                 row.update(_mce(family_rows, clean, normal, normal_rows))
             if family == Family.ADVERSARIAL.value:

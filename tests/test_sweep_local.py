@@ -140,6 +140,26 @@ def test_summary_carries_cis_pairs_and_sanity_flags(run_dir: Path) -> None:
     assert (paired["diff_ci_low"] <= paired["difference"] + 1e-12).all()
     unpaired = summary[summary["variant"] == "normal"]
     assert unpaired["difference"].isna().all()
+    # Transfer: emphasized on the adversarials crafted on normal − normal on them (white-box).
+    results = pd.read_csv(run_dir / "results.csv")
+    transfer = summary[(summary["level"] == "family") & (summary["family"] == "transfer")]
+    for row in transfer[transfer["variant"] == "emphasized"].itertuples():
+        here = results[results["attribute"] == row.attribute]
+        fooled_on = here[
+            (here["family"] == "transfer")
+            & (here["variant"] == "emphasized")
+            & (here["source_variant"] == "normal")
+        ]
+        whitebox = here[
+            (here["family"] == "adversarial")
+            & (here["variant"] == "normal")
+            & here["perturbation"].isin(set(fooled_on["perturbation"]))
+        ]
+        expected = fooled_on["correct"].sum() / fooled_on["n"].sum()
+        expected -= whitebox["correct"].sum() / whitebox["n"].sum()
+        assert row.difference == pytest.approx(expected, abs=1e-6)
+        assert row.diff_ci_low <= row.difference <= row.diff_ci_high
+    assert transfer.loc[transfer["variant"] == "normal", "difference"].isna().all()
     adversarial = summary[(summary["level"] == "family") & (summary["family"] == "adversarial")]
     assert len(adversarial) == 2 * 4
     assert adversarial["sanity_all"].notna().all()
