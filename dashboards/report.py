@@ -271,7 +271,7 @@ def drift_answer(stability: pd.DataFrame) -> str:
 def _drift_section(drift: pd.DataFrame | None, plots: Path, notes: list[str]) -> list[str]:
     """Attention drift (drift.csv, optional): the drift plot and whether emphasis makes the
     masks more stable under perturbation."""
-    heading = "<h2>Attention drift: does emphasis make the masks more stable?</h2>"
+    heading = "<h3>Attention drift: does emphasis make the masks more stable?</h3>"
     if drift is None:
         return [heading, "<p>This run has no drift.csv (evaluated before drift existed).</p>"]
     if drift.empty:
@@ -352,6 +352,7 @@ def write_report(run_dir: Path) -> Path:
             _table(headline, ["variant", "family", "attribute"]),
             _sanity_line(summary),
             *_search_section(search_table, search, plots, notes),
+            *_drift_section(_optional_csv(run_dir / "drift.csv"), plots, notes),
             "<h2>Noise and corruptions</h2>",
             _plot(
                 "noise_curves", lambda: charts.strength_curves_chart(summary, "noise"), plots, notes
@@ -407,7 +408,6 @@ def write_report(run_dir: Path) -> Path:
         sections.append(
             _plot("importance", lambda: charts.importance_heatmap(importance), plots, notes)
         )
-    sections += _drift_section(_optional_csv(run_dir / "drift.csv"), plots, notes)
     if failures is not None and not failures.empty:
         sections += [
             '<h2 class="fail">Failed jobs</h2>',
