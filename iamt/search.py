@@ -247,8 +247,11 @@ def search_report(
     """search.json: the split and images searched on, the rule, the front and the choice."""
 
     def record(row: pd.Series) -> dict[str, Any]:
+        """A trial as JSON: NaN -> null, floats to 6 decimals (as search.csv shows them)."""
         return {
-            key: (None if isinstance(value, float) and value != value else value)  # NaN -> null
+            key: (
+                (None if value != value else round(value, 6)) if isinstance(value, float) else value
+            )
             for key, value in row.items()
             if key not in ("pareto", "chosen")
         }
