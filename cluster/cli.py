@@ -158,7 +158,7 @@ def _run(args: argparse.Namespace) -> int:
         f"{jobs['done']}/{jobs['total']} jobs done, {jobs['failed']} failed; "
         f"{result.seconds:.0f} s"
     )
-    print(f"wrote {run_dir}/results.csv, summary.csv, failures.csv, timings.csv")
+    print(f"wrote {run_dir}/results.csv, summary.csv, drift.csv, failures.csv, timings.csv")
     if result.report is not None:
         print(f"wrote {result.report}")
     return 0 if jobs["failed"] == 0 else 1
@@ -171,7 +171,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     counts = evaluate_run(args.run_dir, config, show_progress=not args.quiet)
     print(
         f"\n{counts['done']}/{counts['total']} jobs done, {counts['failed']} failed; wrote "
-        f"{args.run_dir}/results.csv, summary.csv, failures.csv, timings.csv"
+        f"{args.run_dir}/results.csv, summary.csv, drift.csv, failures.csv, timings.csv"
     )
     return 0 if counts["failed"] == 0 else 1
 
