@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.native_fidelity import gate
+from benchmarks.native_fidelity import gate_table
 from robustness.perturbations.corruptions import corrupt_images
 from robustness.perturbations.native import NATIVE_CORRUPTIONS, corrupt_natively
 from robustness.perturbations.native.fidelity import fidelity_images
@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"on {torch.cuda.get_device_name(device)}, {args.count} images at {args.size} px")
     table = [
         {**r.__dict__, "fidelity": r.fidelity.value, "size": s}
-        for r, s in gate(sorted(NATIVE_CORRUPTIONS), device)
+        for r, s in gate_table(sorted(NATIVE_CORRUPTIONS), device)
     ]
     failed = [f"{row['name']}@{row['severity']}" for row in table if not row["passed"]]
     print(f"fidelity gate on the GPU: {len(table) - len(failed)}/{len(table)} rows pass {failed}")

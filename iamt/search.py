@@ -183,6 +183,7 @@ def _attacked_accuracy(
 ) -> float:
     """Robust accuracy (points) under the configured attack at its ε, one attribute at a time,
     with the same seed for every candidate: they face the same random starts."""
+    from robustness.jobs import predict_all
     from robustness.perturbations import Attack, create_perturbation
     from robustness.perturbations.attacks import attribute_view
 
@@ -191,8 +192,6 @@ def _attacked_accuracy(
     assert isinstance(attack, Attack)
     epsilon = search.attack.epsilon
     with torch.enable_grad():
-        from robustness.jobs import predict_all
-
         clean = predict_all(model, data.images, search.batch_size) == data.labels  # (N, A)
         robust = []
         for a in range(data.labels.shape[1]):

@@ -7,49 +7,27 @@ from __future__ import annotations
 import pytest
 import torch
 
-from robustness.perturbations.corruptions import corrupt_images
 from robustness.perturbations.native import NATIVE_CORRUPTIONS, Fidelity, corrupt_natively
-from robustness.perturbations.native.fidelity import compare, fidelity_images
-
-SEVERITIES = (1, 2, 3, 4, 5)
-SEED = 1234
+from robustness.perturbations.native.fidelity import GateImages, fidelity_images, gate
 
 
 @pytest.fixture(scope="module")
-def deterministic_sets() -> list[torch.Tensor]:
-    """64 varied images at 32 px and at 64 px (the gate's deterministic sizes)."""
-    return [fidelity_images(64, 32, seed=1), fidelity_images(64, 64, seed=2)]
-
-
-@pytest.fixture(scope="module")
-def random_set() -> torch.Tensor:
-    """256 varied images at 32 px (the gate's statistics)."""
-    return fidelity_images(256, 32, seed=3)
-
-
-def gate_failures(
-    name: str, deterministic_sets: list[torch.Tensor], random_set: torch.Tensor
-) -> list[str]:
-    spec = NATIVE_CORRUPTIONS[name]
-    sets = deterministic_sets if spec.fidelity is Fidelity.DETERMINISTIC else [random_set]
-    failures = []
-    for images in sets:
-        for severity in SEVERITIES:
-            reference = corrupt_images(images, name, severity, SEED)
-            native = corrupt_natively(images, name, severity, SEED)
-            result = compare(name, severity, images, native, reference)
-            if not result.passed:
-                failures.append(f"{images.shape[-1]} px: {result.row()}")
-    return failures
+def gate_images() -> GateImages:
+    """64 varied images at 32 and 64 px (deterministic corruptions), 256 at 32 px (random)."""
+    return GateImages.build()
 
 
 @pytest.mark.parametrize(
     "name", sorted(name for name, spec in NATIVE_CORRUPTIONS.items() if spec.default)
 )
 def test_a_default_native_corruption_passes_the_fidelity_gate(
-    name: str, deterministic_sets: list[torch.Tensor], random_set: torch.Tensor
+    name: str, gate_images: GateImages
 ) -> None:
-    assert not gate_failures(name, deterministic_sets, random_set)
+    results = gate(name, gate_images)
+    assert len(results) == 5 * (
+        2 if NATIVE_CORRUPTIONS[name].fidelity is Fidelity.DETERMINISTIC else 1
+    )
+    assert not [f"{size} px: {result.row()}" for result, size in results if not result.passed]
 
 
 @pytest.mark.parametrize("name", sorted(NATIVE_CORRUPTIONS))

@@ -17,10 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustness.perturbations.native.registry import NATIVE_CORRUPTIONS, Fidelity
+from robustness.perturbations.native.registry import (
+    NATIVE_CORRUPTIONS,
+    Fidelity,
+    corrupt_natively,
+)
 
 MIN_PSNR_DB = 35.0
 STAT_TOLERANCE = 0.05
+GATE_SEED = 1234  # the corruption seed of both engines in the gate
 
 
 def fidelity_images(count: int, size: int, seed: int = 0) -> Tensor:
@@ -89,3 +94,40 @@ def compare(
     return GateResult(
         name, severity, fidelity, "max rel. error (mean, std)", worst, worst <= STAT_TOLERANCE
     )
+
+
+@dataclass(frozen=True)
+class GateImages:
+    """The gate's inputs: 64 varied images at 32 and at 64 px (deterministic corruptions, per
+    image) and 256 at 32 px (random corruptions, by statistics)."""
+
+    deterministic: tuple[Tensor, ...]
+    random: Tensor
+
+    @classmethod
+    def build(cls) -> GateImages:
+        return cls(
+            (fidelity_images(64, 32, seed=1), fidelity_images(64, 64, seed=2)),
+            fidelity_images(256, 32, seed=3),
+        )
+
+
+def gate(
+    name: str, images: GateImages, device: torch.device | str = "cpu"
+) -> list[tuple[GateResult, int]]:
+    """(result, image size) for `name` at every severity: the native engine on `device`
+    against the reference (imagecorruptions, always on the CPU) on the same images."""
+    from robustness.perturbations.corruptions import corrupt_images
+
+    sets = (
+        images.deterministic
+        if NATIVE_CORRUPTIONS[name].fidelity is Fidelity.DETERMINISTIC
+        else (images.random,)
+    )
+    results = []
+    for clean in sets:
+        for severity in range(1, 6):
+            reference = corrupt_images(clean, name, severity, GATE_SEED)
+            native = corrupt_natively(clean.to(device), name, severity, GATE_SEED).cpu()
+            results.append((compare(name, severity, clean, native, reference), clean.shape[-1]))
+    return results
