@@ -5,7 +5,9 @@
 For every native corruption × severity 1–5: the reference (imagecorruptions, one image at a
 time, one CPU thread) and the native engine on CUDA, on the same images; prints the ratio per
 corruption and overall (target >= 200), then runs the fidelity gate with the native side on
-the GPU. Needs a CUDA device; writes benchmarks/results/native_gpu.json.
+the GPU. It also measures nvJPEG (torchvision's CUDA codec) for jpeg_compression against the
+reference, the candidate for `JPEG_CODEC_ON_CUDA`. Needs a CUDA device; writes
+benchmarks/results/native_gpu.json.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import torch
 from benchmarks.native_fidelity import gate_table
 from robustness.perturbations.corruptions import corrupt_images
 from robustness.perturbations.native import NATIVE_CORRUPTIONS, corrupt_natively
-from robustness.perturbations.native.fidelity import fidelity_images
+from robustness.perturbations.native.digital import JPEG_QUALITIES, JpegCodec, jpeg_round_trip
+from robustness.perturbations.native.fidelity import MIN_PSNR_DB, GateImages, fidelity_images, psnr
 
 TARGET = 200.0
 
@@ -45,8 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows, total_reference, total_native = {}, 0.0, 0.0
     for name in sorted(NATIVE_CORRUPTIONS):
         corrupt_images(few[:1], name, 1, 0)  # numba compiles glass_blur on its first call
-        for _ in range(2):  # warm-up: kernels, caches, cuDNN autotuning
-            corrupt_natively(on_gpu, name, 3, 0)
+        for severity in range(1, 6):  # warm-up: kernels, each severity's tables, autotuning
+            corrupt_natively(on_gpu, name, severity, 0)
         torch.cuda.synchronize()
         reference = native = 0.0
         for severity in range(1, 6):
@@ -60,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows[name] = {"reference_s": reference, "native_s": native, "speedup": reference / native}
         total_reference += reference
         total_native += native
-        print(f"{name:<18} {reference / native:10.1f}x")
+        print(f"{name:<18} {reference / native:10.1f}x  native {native * 1000 / 5:8.2f} ms/batch")
     overall = total_reference / total_native
     verdict = "PASS" if overall >= TARGET else "MISS"
     print(f"{'overall':<18} {overall:10.1f}x  target >={TARGET:g}  {verdict}")
@@ -71,10 +74,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     failed = [f"{row['name']}@{row['severity']}" for row in table if not row["passed"]]
     print(f"fidelity gate on the GPU: {len(table) - len(failed)}/{len(table)} rows pass {failed}")
+    codecs = jpeg_codecs(on_gpu, device)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     summary = {"device": torch.cuda.get_device_name(device), "overall_speedup": overall}
-    args.out.write_text(json.dumps({**summary, "per_corruption": rows, "gate": table}, indent=2))
+    details = {"per_corruption": rows, "gate": table, "jpeg_codecs": codecs}
+    args.out.write_text(json.dumps({**summary, **details}, indent=2))
     return 0 if overall >= TARGET else 1
+
+
+def jpeg_codecs(on_gpu: torch.Tensor, device: torch.device) -> dict[str, object]:
+    """jpeg_compression's round trip on a CUDA batch by each codec: seconds per batch (all five
+    qualities) and the worst per-image PSNR against the reference on the gate's images."""
+    pixels = (on_gpu * 255).round().to(torch.uint8)
+    images = GateImages.build().deterministic
+    result: dict[str, object] = {}
+    for codec in JpegCodec:
+        try:
+            for _ in range(2):
+                jpeg_round_trip(pixels, 50, codec)
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for quality in JPEG_QUALITIES:
+                jpeg_round_trip(pixels, quality, codec)
+            torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+            worst = []
+            for severity, quality in enumerate(JPEG_QUALITIES, start=1):
+                for clean in images:
+                    reference = corrupt_images(clean, "jpeg_compression", severity, 0)
+                    clean_pixels = (clean * 255).round().to(torch.uint8).to(device)
+                    native = jpeg_round_trip(clean_pixels, quality, codec).cpu().float() / 255
+                    worst.append(float(psnr(native, reference).min()))
+        except RuntimeError as error:  # nvJPEG missing from this torchvision build, say
+            print(f"jpeg codec {codec}: {error}")
+            result[codec.value] = {"error": str(error)}
+            continue
+        passed = min(worst) >= MIN_PSNR_DB
+        print(
+            f"jpeg codec {codec:<8} {seconds * 1000:8.2f} ms for 5 qualities; "
+            f"min PSNR {min(worst):.2f} dB {'PASS' if passed else 'FAIL'}"
+        )
+        result[codec.value] = {"seconds": seconds, "min_psnr_db": worst, "passed": passed}
+    return result
 
 
 if __name__ == "__main__":

@@ -45,3 +45,17 @@ def test_a_native_corruption_is_seeded_shaped_and_on_the_uint8_grid(name: str) -
     for shape in [(2, 3, 16, 16), (2, 3, 32, 48)]:
         odd = fidelity_images(2, 48, seed=6)[..., : shape[2], : shape[3]].contiguous()
         assert corrupt_natively(odd, name, 2, seed=1).shape == shape
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", sorted(NATIVE_CORRUPTIONS))
+def test_a_native_corruption_runs_on_cuda_seeded_and_stays_there(name: str) -> None:
+    images = fidelity_images(6, 32, seed=5).cuda()
+    first = corrupt_natively(images, name, 3, seed=7)
+    assert first.is_cuda and first.shape == images.shape
+    assert torch.equal(first, corrupt_natively(images, name, 3, seed=7))  # seeded on the GPU
+    assert torch.equal((first * 255).round() / 255, first)  # the reference's uint8 grid
+    if NATIVE_CORRUPTIONS[name].fidelity is Fidelity.DETERMINISTIC:
+        # The same maths as on the CPU: at most one uint8 level apart (float order differs).
+        on_cpu = corrupt_natively(images.cpu(), name, 3, seed=7)
+        assert float((first.cpu() - on_cpu).abs().max()) <= 1 / 255 + 1e-6

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from enum import StrEnum
 from functools import lru_cache
 
 import torch
@@ -252,21 +253,41 @@ def pixelate(images: Tensor, severity: int, generator: torch.Generator) -> Tenso
 # --------------------------------------------------------------------------- jpeg
 
 
+class JpegCodec(StrEnum):
+    LIBJPEG = "libjpeg"  # the reference's codec, on the host: PIL's bytes, bit for bit
+    NVJPEG = "nvjpeg"  # torchvision's CUDA codec: no host round trip, its own DCT and upsampling
+
+
+# Which codec `jpeg_compression` uses on a CUDA batch (the CPU always uses libjpeg). nvJPEG is
+# measured against the reference by `python -m benchmarks.native_gpu` before it may serve.
+JPEG_CODEC_ON_CUDA = JpegCodec.LIBJPEG
+
+
+def jpeg_round_trip(pixels: Tensor, quality: int, codec: JpegCodec) -> Tensor:
+    """(N, 3, H, W) uint8 -> (N, 3, H, W) uint8 encoded at `quality` and decoded, by `codec`
+    (nvJPEG needs the batch on a CUDA device), returned on the batch's device."""
+    with warnings.catch_warnings():
+        # torchvision 0.29 deprecates its image codecs in favour of torchcodec on every call.
+        warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities")
+        if codec is JpegCodec.NVJPEG:
+            encoded = encode_jpeg(list(pixels.unbind(0)), quality=quality)  # on the GPU
+            # decode_jpeg takes its bytes on the host (a few hundred per image) and decodes
+            # them on `device` in one batched call.
+            decoded = decode_jpeg([data.cpu() for data in encoded], device=pixels.device)
+            return torch.stack(decoded, 0)
+        # libjpeg on the CPU whatever the batch's device: this is the engine's one deliberate
+        # host round trip of images.
+        on_host = list(pixels.cpu().unbind(0))  # N × (3, H, W)
+        decoded = decode_jpeg(encode_jpeg(on_host, quality=quality))
+        return torch.stack(decoded, 0).to(pixels.device)
+
+
 @register_native("jpeg_compression", fidelity=Fidelity.DETERMINISTIC, default=True)
 def jpeg_compression(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
     quality = JPEG_QUALITIES[severity - 1]
     pixels = (images * 255).round().clamp(0, 255).to(torch.uint8)  # (N, 3, H, W)
-    # libjpeg on the CPU whatever the batch's device: its bytes are PIL's, bit for bit; nvJPEG
-    # (torchvision's CUDA path) has its own DCT and chroma upsampling and is not verified
-    # against the reference. This is the module's one deliberate host round trip.
-    on_host = list(pixels.cpu().unbind(0))  # N × (3, H, W)
-    with warnings.catch_warnings():
-        # torchvision 0.29 deprecates its image codecs in favour of torchcodec on every call.
-        warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities")
-        encoded = encode_jpeg(on_host, quality=quality)
-        decoded = decode_jpeg(encoded)
-    result = torch.stack(decoded, 0).to(device=images.device, dtype=images.dtype)
-    return result / 255  # (N, 3, H, W)
+    codec = JPEG_CODEC_ON_CUDA if images.is_cuda else JpegCodec.LIBJPEG
+    return jpeg_round_trip(pixels, quality, codec).to(images.dtype) / 255  # (N, 3, H, W)
 
 
 # --------------------------------------------------------------------------- elastic
@@ -347,10 +368,13 @@ def elastic_transform(images: Tensor, severity: int, generator: torch.Generator)
 
 
 __all__ = [
+    "JPEG_CODEC_ON_CUDA",
+    "JpegCodec",
     "brightness",
     "contrast",
     "elastic_transform",
     "jpeg_compression",
+    "jpeg_round_trip",
     "pixelate",
     "saturate",
 ]
