@@ -86,13 +86,15 @@ def corrupt_natively(images: Tensor, name: str, severity: int, seed: int) -> Ten
     resized = size != (height, width)
     if resized:
         work = F.interpolate(work, size=size, mode="bilinear", align_corners=False, antialias=True)
-    work = (work * 255).round().clamp(0, 255) / 255  # the reference's uint8 input
+    # The reference's uint8 input. In place after the first op: at these sizes a fresh tensor
+    # per step costs more (page faults on new memory) than the arithmetic.
+    work = work.mul(255).round_().clamp_(0, 255).div_(255)
     generator = make_generator(seed, work.device)
     out = NATIVE_CORRUPTIONS[name].function(work, severity, generator)
     if out.shape != work.shape:
         raise AssertionError(f"native {name} returned {tuple(out.shape)} for {tuple(work.shape)}")
     # np.uint8 truncates; the small epsilon keeps values computed as k - 1e-6 at k.
-    out = torch.floor(out.clamp(0, 1) * 255 + 1e-4) / 255
+    out = out.clamp(0, 1).mul_(255).add_(1e-4).floor_().div_(255)
     if resized:
         out = F.interpolate(out, size=(height, width), mode="area")
     return out.to(dtype=images.dtype).contiguous()
