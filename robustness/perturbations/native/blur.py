@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from robustness.perturbations.native.filters import Border, filter_matrix, gaussian_filter
 from robustness.perturbations.native.registry import Fidelity, register_native
 
 # imagecorruptions.corruptions.gaussian_blur: the Gaussian's σ in pixels
@@ -88,63 +89,6 @@ ZOOM_BLUR_RANGES: tuple[tuple[float, float, float], ...] = (
     (1, 1.31, 0.03),
 )
 
-GAUSSIAN_TRUNCATE = 4.0  # skimage.filters.gaussian's default, passed to scipy
-
-
-# ---------------------------------------------------------------------------------------------
-# Shared filters
-# ---------------------------------------------------------------------------------------------
-
-
-def _border_index(index: Tensor, side: int, mode: str) -> Tensor:
-    """Fold integer positions outside [0, side) back in: `nearest` repeats the edge pixel
-    (scipy's `nearest`, torch's `replicate`), `reflect101` mirrors about it without repeating
-    it (OpenCV's BORDER_REFLECT_101, torch's `reflect`), as often as needed."""
-    if mode == "nearest" or side == 1:
-        return index.clamp(0, side - 1)
-    period = 2 * (side - 1)
-    folded = index.remainder(period)
-    return torch.where(folded < side, folded, period - folded)
-
-
-def _filter_matrix(taps: Tensor, side: int, mode: str) -> Tensor:
-    """(side, side) float64 matrix M of the 1-D correlation with the odd `taps` (K,) and the
-    border `mode`: filtered[o] = Σ_t taps[t] · x[border(o + t − K // 2)] = (M @ x)[o].
-    A separable filter of an (…, H, W) image is then M_H @ image @ M_Wᵀ: two small matmuls,
-    faster on the CPU than a depthwise convolution and exact at the borders."""
-    radius = taps.shape[0] // 2
-    outputs = torch.arange(side)[:, None]  # (side, 1)
-    offsets = torch.arange(-radius, radius + 1)[None, :]  # (1, K)
-    sources = _border_index(outputs + offsets, side, mode)  # (side, K)
-    matrix = torch.zeros(side, side, dtype=torch.float64)
-    matrix.scatter_add_(1, sources, taps.to(torch.float64)[None, :].expand(side, -1))
-    return matrix
-
-
-def _gaussian_taps(sigma: float) -> Tensor:
-    """scipy.ndimage's `_gaussian_kernel1d`: (2r + 1,) float64, r = int(truncate·σ + 0.5)."""
-    radius = int(GAUSSIAN_TRUNCATE * float(sigma) + 0.5)
-    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    phi = torch.exp(-0.5 / float(sigma) ** 2 * x**2)
-    return phi / phi.sum()
-
-
-@lru_cache(maxsize=64)
-def _gaussian_matrix(sigma: float, side: int, device: torch.device) -> Tensor:
-    """(side, side) float32: scipy's Gaussian filter along one axis, `nearest` border."""
-    matrix = _filter_matrix(_gaussian_taps(sigma), side, "nearest")
-    return matrix.to(torch.float32).to(device)
-
-
-def _gaussian_filter(images: Tensor, sigma: float) -> Tensor:
-    """`skimage.filters.gaussian(image, sigma, channel_axis=-1)` on (N, C, H, W) images:
-    every channel on its own, truncated at 4 σ, scipy's `nearest` border."""
-    _, _, height, width = images.shape
-    rows = _gaussian_matrix(sigma, height, images.device)  # (H, H)
-    columns = _gaussian_matrix(sigma, width, images.device)  # (W, W)
-    return rows @ images @ columns.T
-
-
 # ---------------------------------------------------------------------------------------------
 # gaussian_blur
 # ---------------------------------------------------------------------------------------------
@@ -154,7 +98,7 @@ def _gaussian_filter(images: Tensor, sigma: float) -> Tensor:
 def gaussian_blur(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
     """images (N, 3, H, W) in [0, 1] -> Gaussian-blurred, clipped like the reference."""
     sigma = GAUSSIAN_BLUR_SIGMAS[severity - 1]
-    return _gaussian_filter(images, sigma).clamp(0, 1)
+    return gaussian_filter(images, sigma).clamp(0, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,7 +121,7 @@ def _disk_kernel(radius: int, alias_blur: float) -> Tensor:
     gauss = gauss / gauss.sum()
     # cv2.GaussianBlur is separable, with the default BORDER_REFLECT_101 border.
     side = 2 * half + 1
-    smooth = _filter_matrix(gauss, side, "reflect101")  # (K, K)
+    smooth = filter_matrix(gauss, side, Border.REFLECT101)  # (K, K)
     return (smooth @ aliased @ smooth.T).to(torch.float32).to(torch.float64)
 
 
@@ -187,32 +131,43 @@ def _disk_matrices(
 ) -> tuple[Tensor, Tensor]:
     """The disk filter of `severity` as a sum of R separable filters (its SVD; the disk's
     symmetries make R ≤ 5 exact to 1e-8), each as border-aware matrices, stacked:
-    rows (H, R·H) = [s_1·U_1 | … | s_R·U_R] and columns (R·W, W) = [V_1ᵀ; …; V_Rᵀ]ᵀ, so that
-    the filtered image is rows @ stack_r(image @ V_rᵀ)."""
+    rows (R, H, H) = [s_r·U_r] and columns (R, W, W) = [V_r], so that the filtered image is
+    Σ_r rows_r @ image @ columns_rᵀ."""
     radius, alias_blur = DEFOCUS_BLUR_PARAMETERS[severity - 1]
     kernel = _disk_kernel(radius, alias_blur)  # (K, K) float64
     left, singular, right = torch.linalg.svd(kernel)
     rank = int((singular > 1e-7 * singular[0]).sum())
     rows = [
-        singular[k] * _filter_matrix(left[:, k], height, "reflect101") for k in range(rank)
+        singular[k] * filter_matrix(left[:, k], height, Border.REFLECT101) for k in range(rank)
     ]  # R × (H, H)
-    columns = [_filter_matrix(right[k], width, "reflect101") for k in range(rank)]  # R × (W, W)
-    stacked_rows = torch.cat(rows, dim=1)  # (H, R·H)
-    stacked_columns = torch.cat(columns, dim=0)  # (R·W, W)
-    return stacked_rows.to(torch.float32).to(device), stacked_columns.to(torch.float32).to(device)
+    columns = [filter_matrix(right[k], width, Border.REFLECT101) for k in range(rank)]  # R × (W, W)
+    stacked_rows = torch.stack(rows).to(torch.float32)  # (R, H, H)
+    stacked_columns = torch.stack(columns).to(torch.float32)  # (R, W, W)
+    return stacked_rows.to(device), stacked_columns.to(device)
+
+
+def _sum_of_separable(images: Tensor, rows: Tensor, columns: Tensor) -> Tensor:
+    """Σ_z rows_z @ images @ columns_zᵀ for images (N, C, H, W), rows (Z, H, H) and columns
+    (Z, W, W): one matrix product into a reused buffer and one accumulating batched product
+    per term (fresh tensors per term cost more than the arithmetic at these sizes)."""
+    height, width = images.shape[-2:]
+    flat = images.reshape(-1, width)  # (N·C·H, W)
+    across = torch.empty_like(flat)  # (N·C·H, W)
+    total = torch.zeros_like(images)
+    planes = total.view(-1, height, width)  # (N·C, H, W)
+    for term in range(rows.shape[0]):
+        torch.mm(flat, columns[term].T, out=across)
+        planes.baddbmm_(rows[term].expand(planes.shape[0], height, height), across.view_as(planes))
+    return total
 
 
 @register_native("defocus_blur", fidelity=Fidelity.DETERMINISTIC, default=True)
 def defocus_blur(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
     """images (N, 3, H, W) in [0, 1] -> filtered by the anti-aliased disk, clipped."""
-    count, channels, height, width = images.shape
-    rows, columns = _disk_matrices(severity, height, width, images.device)
-    rank = columns.shape[0] // width
+    _, _, height, width = images.shape
+    rows, columns = _disk_matrices(severity, height, width, images.device)  # (R, H, H), (R, W, W)
     # cv2.filter2D correlates with BORDER_REFLECT_101; the matrices hold that border.
-    along_w = images @ columns.T  # (N, C, H, R·W)
-    along_w = along_w.view(count, channels, height, rank, width).transpose(2, 3)
-    along_w = along_w.reshape(count, channels, rank * height, width)  # (N, C, R·H, W)
-    return (rows @ along_w).clamp(0, 1)
+    return _sum_of_separable(images, rows, columns).clamp_(0, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,11 +219,9 @@ def zoom_blur(images: Tensor, severity: int, generator: torch.Generator) -> Tens
     _, _, height, width = images.shape
     rows = _interpolation_matrices(severity, height, images.device)  # (Z, H, H)
     columns = _interpolation_matrices(severity, width, images.device)  # (Z, W, W)
-    total = images.clone()  # (N, 3, H, W): the reference's `x +` the zoom layers
-    for index in range(rows.shape[0]):
-        # A zoom layer is separable: rows_z · image · columns_zᵀ.
-        total = total + rows[index] @ images @ columns[index].T
-    return (total / (rows.shape[0] + 1)).clamp(0, 1)
+    # A zoom layer is separable: rows_z · image · columns_zᵀ; the reference adds them to `x`.
+    total = _sum_of_separable(images, rows, columns).add_(images)  # (N, 3, H, W)
+    return total.div_(rows.shape[0] + 1).clamp_(0, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,13 +289,15 @@ def motion_blur(images: Tensor, severity: int, generator: torch.Generator) -> Te
     tap = F.pad(work, (0, 1, 0, 1), mode="replicate")  # (N, C, H + 1, W + 1)
     row = width + 1  # the flat distance between two rows of the padded layout
     blurred = tap * weights[:, 0, None, None, None]
+    # Two scratch buffers, reused for every tap: a fresh tensor per step costs more (page
+    # faults on new memory) than the arithmetic at these sizes.
+    moved, spare = torch.empty_like(tap), torch.empty_like(tap)
+    moved_flat = moved.view(count, -1)  # (N, C·(H + 1)·(W + 1))
     for index in range(1, weights.shape[1]):
-        flat = tap.view(count, -1)  # (N, C·(H + 1)·(W + 1))
-        moved = torch.empty_like(tap)
-        moved_flat = moved.view(count, -1)
+        flat = tap.view(count, -1)
         torch.lerp(flat[:, :-1], flat[:, 1:], right[:, index, None], out=moved_flat[:, :-1])
         moved[..., width] = moved[..., width - 1]  # restore the repeated edge column
-        tap = torch.empty_like(moved)
+        tap, spare = spare, tap
         flat = tap.view(count, -1)
         torch.lerp(
             moved_flat[:, :-row], moved_flat[:, row:], down[:, index, None], out=flat[:, :-row]
@@ -420,8 +375,8 @@ def glass_blur(images: Tensor, severity: int, generator: torch.Generator) -> Ten
     count, channels, height, width = images.shape
     sigma, _, _ = GLASS_BLUR_PARAMETERS[severity - 1]
     # np.uint8(gaussian(x) * 255): truncated to the uint8 grid.
-    blurred = torch.floor(_gaussian_filter(images, sigma) * 255) / 255
+    blurred = torch.floor(gaussian_filter(images, sigma) * 255) / 255
     source = _glass_sources(severity, count, height, width, generator, images.device)
     flat = blurred.reshape(count, channels, height * width)
     shuffled = flat.gather(2, source[:, None].expand(-1, channels, -1)).view_as(images)
-    return _gaussian_filter(shuffled, sigma).clamp(0, 1)
+    return gaussian_filter(shuffled, sigma).clamp(0, 1)

@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from robustness.perturbations.native.filters import gaussian_filter
 from robustness.perturbations.native.registry import Fidelity, register_native
 
 # imagecorruptions.corruptions.gaussian_noise: the noise's standard deviation
@@ -149,7 +150,7 @@ def spatter(images: Tensor, severity: int, generator: torch.Generator) -> Tensor
     mean, std, layer_sigma, threshold, strength, mode = SPATTER_PARAMETERS[severity - 1]
     count, _, height, width = images.shape
     layer = torch.randn((count, height, width), generator=generator, device=images.device)
-    layer = _gaussian_filter(layer.mul_(std).add_(mean), layer_sigma)  # (N, H, W)
+    layer = gaussian_filter(layer.mul_(std).add_(mean), layer_sigma)  # (N, H, W)
     layer = layer * (layer >= threshold)  # `layer[layer < threshold] = 0`
     if mode == 0:
         return _water(images, layer, strength)
@@ -176,7 +177,7 @@ def _water(images: Tensor, layer: Tensor, strength: float) -> Tensor:
 
 def _mud(images: Tensor, layer: Tensor, threshold: float, mask_sigma: float) -> Tensor:
     """Spatter's mud mode: images (N, 3, H, W), layer (N, H, W) thresholded liquid."""
-    mask = _gaussian_filter((layer > threshold).to(images.dtype), mask_sigma)  # (N, H, W)
+    mask = gaussian_filter((layer > threshold).to(images.dtype), mask_sigma)  # (N, H, W)
     mask = (mask * (mask >= 0.8)).unsqueeze(1)  # (N, 1, H, W): `m[m < 0.8] = 0`
     colour = torch.tensor(MUD_COLOUR, device=images.device).view(1, 3, 1, 1)
     return (images * (1 - mask) + colour * mask).clamp_(0, 1)
@@ -213,29 +214,6 @@ def _poisson_alias_table(rate: int, device: torch.device) -> Tensor:
             threshold = min(round(keep[k] * (1 << _COIN_BITS)), _COIN_MASK)
             entries.append(threshold | (alias[k] << _COIN_BITS))
     return torch.tensor(entries, dtype=torch.int32, device=device)
-
-
-@lru_cache(maxsize=32)
-def _gaussian_operator(sigma: float, size: int, device: torch.device) -> Tensor:
-    """scipy.ndimage.gaussian_filter1d (truncate=4, mode "nearest") along one axis of length
-    `size`, as a (size, size) matrix: taps beyond the edge land on the edge pixel."""
-    radius = int(4.0 * sigma + 0.5)
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    taps = torch.exp(-0.5 * offsets**2 / sigma**2)
-    taps = taps / taps.sum()  # (2r + 1,)
-    rows = torch.arange(size).view(-1, 1)  # output index i
-    sources = (rows + offsets.long().view(1, -1)).clamp(0, size - 1)  # (size, 2r + 1)
-    operator = torch.zeros(size, size, dtype=torch.float64)
-    operator.scatter_add_(1, sources, taps.expand(size, -1).contiguous())
-    return operator.to(device=device, dtype=torch.float32)
-
-
-def _gaussian_filter(field: Tensor, sigma: float) -> Tensor:
-    """skimage.filters.gaussian on field (N, H, W), separable: two small matrix products."""
-    height, width = field.shape[-2:]
-    down = _gaussian_operator(float(sigma), height, field.device)  # (H, H)
-    across = _gaussian_operator(float(sigma), width, field.device)  # (W, W)
-    return down @ field @ across.T
 
 
 def _canny(gray: Tensor) -> Tensor:
