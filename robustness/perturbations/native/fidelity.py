@@ -26,6 +26,7 @@ from robustness.perturbations.native.registry import (
 MIN_PSNR_DB = 35.0
 STAT_TOLERANCE = 0.05
 GATE_SEED = 1234  # the corruption seed of both engines in the gate
+RANDOM_GATE_IMAGES = 1024  # images the random corruptions' statistics are taken over
 
 
 def fidelity_images(count: int, size: int, seed: int = 0) -> Tensor:
@@ -99,7 +100,10 @@ def compare(
 @dataclass(frozen=True)
 class GateImages:
     """The gate's inputs: 64 varied images at 32 and at 64 px (deterministic corruptions, per
-    image) and 256 at 32 px (random corruptions, by statistics)."""
+    image) and 1,024 at 32 px (random corruptions, by statistics). The issue asks for at
+    least 256: at 256, two seeds of the reference's own snow differ by up to 4.6 % and a
+    faithful port failed on another random stream (5.3 % on CUDA); at 1,024 that noise is
+    under 2 %, so the 5 % tolerance measures the port, not the luck of the draw."""
 
     deterministic: tuple[Tensor, ...]
     random: Tensor
@@ -108,7 +112,7 @@ class GateImages:
     def build(cls) -> GateImages:
         return cls(
             (fidelity_images(64, 32, seed=1), fidelity_images(64, 64, seed=2)),
-            fidelity_images(256, 32, seed=3),
+            fidelity_images(RANDOM_GATE_IMAGES, 32, seed=3),
         )
 
 
