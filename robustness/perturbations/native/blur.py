@@ -46,10 +46,14 @@ import math
 from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from robustness.perturbations.native.filters import Border, filter_matrix, gaussian_filter
+from robustness.perturbations.native.filters import (
+    Border,
+    filter_matrix,
+    gaussian_filter,
+    shifted_sum,
+)
 from robustness.perturbations.native.registry import Fidelity, register_native
 
 # imagecorruptions.corruptions.gaussian_blur: the Gaussian's σ in pixels
@@ -247,10 +251,10 @@ def _motion_steps(
     generator: torch.Generator,
     device: torch.device,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Draw the reference's angle per image and lay out its taps. Returns `upward` (N,) bool,
-    the images whose line points up (their taps move the image down: dy > 0), and per tap
-    (N, T): the tap's weight (0 past the reference's `break`) and the steps `down`, `right`
-    (0 or 1, float) from the previous tap to it, in a frame where the line points down."""
+    """Draw the reference's angle per image and lay out its taps. Returns `downward` (N,) bool,
+    the images whose line points down (their taps move the image up: dy < 0, or no rows at
+    all), and per tap (N, T): the tap's weight (0 past the reference's `break`) and the shifts
+    `up` = |dy| and `right` = −dx (integers ≥ 0, int64), in a frame where the line points up."""
     kernel = _motion_kernel(severity, device)  # (T,)
     low, high = MOTION_BLUR_ANGLES
     angle = low + (high - low) * torch.rand(count, generator=generator, device=device)  # (N,)
@@ -264,48 +268,27 @@ def _motion_steps(
     # renormalise the kernel; the shifts grow with i, so that is a running "still inside".
     inside = ((dy.abs() < height) & (dx.abs() < width)).int()
     weights = kernel * torch.cummin(inside, dim=1).values  # (N, T)
-    upward = dy[:, -1] > 0  # (N,): these images are flipped upside down so that dy <= 0
-    rows, columns = dy.abs(), -dx  # (N, T): the shifts in the flipped frame, >= 0
-    down = rows.diff(dim=1, prepend=rows[:, :1])  # (N, T), 0 or 1
-    right = columns.diff(dim=1, prepend=columns[:, :1])  # (N, T), 0 or 1
-    return upward, weights, down, right
+    downward = dy[:, -1] <= 0  # (N,): these images are flipped upside down so that dy >= 0
+    return downward, weights, dy.abs().long(), (-dx).long()
 
 
 @register_native("motion_blur", fidelity=Fidelity.RANDOM, default=True)
 def motion_blur(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
     """images (N, 3, H, W) in [0, 1] -> blurred along a random line per image."""
     count, _, height, width = images.shape
-    upward, weights, down, right = _motion_steps(
+    downward, weights, up, right = _motion_steps(
         severity, count, height, width, generator, images.device
     )
-    # In the flipped frame every tap samples image[clamp(y + u), clamp(x + v)] with u, v >= 0
-    # growing by 0 or 1 per tap. Clamped shifts by non-negative amounts compose, so tap i is
-    # tap i − 1 shifted by (down_i, right_i): one pass per direction and tap, selecting per
-    # image between the image and its 1-pixel shift (lerp with weight 0 or 1 is exact), on
-    # flat views of a layout with one repeated edge row and column (the clamp).
-    # Selecting with lerp by a 0/1 weight is exact, and cheaper than torch.where here.
-    flip = upward.to(images.dtype)[:, None, None, None]  # (N, 1, 1, 1)
-    work = torch.lerp(images, images.flip(2), flip)  # (N, C, H, W)
-    tap = F.pad(work, (0, 1, 0, 1), mode="replicate")  # (N, C, H + 1, W + 1)
-    row = width + 1  # the flat distance between two rows of the padded layout
-    blurred = tap * weights[:, 0, None, None, None]
-    # Two scratch buffers, reused for every tap: a fresh tensor per step costs more (page
-    # faults on new memory) than the arithmetic at these sizes.
-    moved, spare = torch.empty_like(tap), torch.empty_like(tap)
-    moved_flat = moved.view(count, -1)  # (N, C·(H + 1)·(W + 1))
-    for index in range(1, weights.shape[1]):
-        flat = tap.view(count, -1)
-        torch.lerp(flat[:, :-1], flat[:, 1:], right[:, index, None], out=moved_flat[:, :-1])
-        moved[..., width] = moved[..., width - 1]  # restore the repeated edge column
-        tap, spare = spare, tap
-        flat = tap.view(count, -1)
-        torch.lerp(
-            moved_flat[:, :-row], moved_flat[:, row:], down[:, index, None], out=flat[:, :-row]
-        )
-        tap[..., height, :] = tap[..., height - 1, :]  # restore the repeated edge row
-        blurred.addcmul_(tap, weights[:, index, None, None, None])
-    blurred = blurred[..., :height, :width]
-    return torch.lerp(blurred, blurred.flip(2), flip).clamp(0, 1)
+    # Taps past a whole side have weight 0, so the kernel need not reach further than the image;
+    # with |angle| <= 45°, |dy| <= (T − 1)·sin 45° rounded.
+    taps = weights.shape[1]
+    max_up = min(int((taps - 1) * math.sqrt(0.5) + 0.5), height - 1)
+    max_right = min(taps - 1, width - 1)
+    flip = downward[:, None, None, None]  # (N, 1, 1, 1)
+    work = torch.where(flip, images.flip(2), images).transpose(0, 1)  # (3, N, H, W)
+    up, right = up.clamp(max=max_up), right.clamp(max=max_right)  # only zero-weight taps move
+    blurred = shifted_sum(work, weights, up, right, max_up, max_right).transpose(0, 1)
+    return torch.where(flip, blurred.flip(2), blurred).clamp_(0, 1)  # (N, 3, H, W)
 
 
 # ---------------------------------------------------------------------------------------------

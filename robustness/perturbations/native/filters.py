@@ -13,6 +13,7 @@ from enum import StrEnum
 from functools import lru_cache
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -77,3 +78,32 @@ def gaussian_filter(
     rows = gaussian_matrix(float(sigma_rows), height, border, truncate, field.device)  # (H, H)
     columns = gaussian_matrix(float(sigma_columns), width, border, truncate, field.device)
     return rows @ field @ columns.T
+
+
+def shifted_sum(
+    layers: Tensor,
+    weights: Tensor,
+    up: Tensor,
+    right: Tensor,
+    max_up: int,
+    max_right: int,
+    out_rows: int | None = None,
+) -> Tensor:
+    """Σ_i weights[n, i] · layers[b, n, clamp(y − up[n, i]), clamp(x + right[n, i])] for layers
+    (B, N, h, w) (the B planes of layer n share its taps), weights, up and right (N, T), with
+    0 ≤ up ≤ max_up and 0 ≤ right ≤ max_right: the first `out_rows` rows (all by default) of
+    the result (B, N, out_rows, w). Edge pixels repeat (the reference's motion blurs).
+
+    One depthwise convolution with a per-layer (max_up + 1, max_right + 1) kernel holding the
+    taps at their shifts: a shift-and-add per tap moves several times the data."""
+    count, height = layers.shape[1:3]
+    rows = height if out_rows is None else out_rows
+    kernel = torch.zeros(count, max_up + 1, max_right + 1, device=layers.device)
+    layer_index = torch.arange(count, device=layers.device)[:, None].expand_as(up)
+    # conv2d correlates: output (y, x) reads padded (y + a, x + b), i.e. layer (y + a − max_up,
+    # x + b), so tap (up, right) sits at a = max_up − up, b = right.
+    kernel.index_put_((layer_index, max_up - up, right), weights, accumulate=True)
+    padded = F.pad(layers, (0, max_right, max_up, 0), mode="replicate")  # (B, N, h', w')
+    # Shifts only reach upwards: the first `rows` output rows read only the rows above them.
+    padded = padded[:, :, : rows + max_up]
+    return F.conv2d(padded, kernel[:, None], groups=count)  # (B, N, rows, w)

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from robustness.perturbations.native.filters import shifted_sum
 from robustness.perturbations.native.registry import Fidelity, register_native
 
 # imagecorruptions.corruptions.fog: (fog strength c0, wibble decay c1)
@@ -308,19 +309,12 @@ def _motion_blur_layers(
     dy = -torch.ceil(steps * torch.sin(radians)[:, None] - 0.5).long()  # (N, T), in [0, T-1]
     dx = -torch.ceil(steps * torch.cos(radians)[:, None] - 0.5).long()  # (N, T)
     mirror = torch.cos(radians) < 0  # (N,) these layers shift right (dx >= 0)
-    reach = int((taps - 1) * math.sqrt(0.5) + 0.5) + 1  # kernel columns: |dx| < reach
-    rows_k = (taps - 1 - dy).clamp(0, taps - 1)  # kernel row of each tap
-    cols_k = torch.where(mirror[:, None], dx, -dx).clamp(0, reach - 1)  # kernel column
-    kernel = torch.zeros(count, taps, reach, device=device)  # (N, T, reach)
-    layer_index = torch.arange(count, device=device)[:, None].expand(count, taps)
-    kernel.index_put_((layer_index, rows_k, cols_k), weights, accumulate=True)
+    reach = int((taps - 1) * math.sqrt(0.5) + 0.5)  # |dx| <= reach
+    right = torch.where(mirror[:, None], dx, -dx).clamp(0, reach)  # (N, T)
     source = torch.where(mirror[:, None, None], layers.flip(2), layers)  # (N, h, w)
-    # Replicated edges: taps - 1 rows above (dy <= T - 1), reach - 1 columns to the right.
-    padded = F.pad(source[None], (0, reach - 1, taps - 1, 0), mode="replicate")  # (1, N, h', w')
-    # Shifts only reach upwards, so the output's first `out_rows` rows need only those above.
-    padded = padded[:, :, : out_rows + taps - 1]
-    blurred = F.conv2d(padded, kernel[:, None], groups=count)[0]  # (N, out_rows, w)
-    return torch.where(mirror[:, None, None], blurred.flip(2), blurred)
+    up = dy.clamp(0, taps - 1)  # (N, T)
+    blurred = shifted_sum(source[None], weights, up, right, taps - 1, reach, out_rows)[0]
+    return torch.where(mirror[:, None, None], blurred.flip(2), blurred)  # (N, out_rows, w)
 
 
 @lru_cache(maxsize=32)
