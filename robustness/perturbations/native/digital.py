@@ -263,10 +263,12 @@ def jpeg_round_trip(pixels: Tensor, quality: int, codec: JpegCodec) -> Tensor:
             decoded = decode_jpeg([data.cpu() for data in encoded], device=pixels.device)
             return torch.stack(decoded, 0)
         # libjpeg on the CPU whatever the batch's device: this is the engine's one deliberate
-        # host round trip of images.
-        on_host = list(pixels.cpu().unbind(0))  # N × (3, H, W)
-        decoded = decode_jpeg(encode_jpeg(on_host, quality=quality))
-        return torch.stack(decoded, 0).to(pixels.device)
+        # host round trip of images. The codec works on (H, W, 3) pixels: handing it CHW views
+        # of one HWC copy, and stacking its HWC results, saves a copy per image each way.
+        on_host = pixels.cpu().permute(0, 2, 3, 1).contiguous()  # (N, H, W, 3)
+        encoded = encode_jpeg([image.permute(2, 0, 1) for image in on_host], quality=quality)
+        decoded = [image.permute(1, 2, 0) for image in decode_jpeg(encoded)]  # N × (H, W, 3)
+        return torch.stack(decoded, 0).permute(0, 3, 1, 2).to(pixels.device)
 
 
 @register_native("jpeg_compression", fidelity=Fidelity.DETERMINISTIC, default=True)
