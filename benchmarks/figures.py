@@ -523,6 +523,17 @@ def native_corruption_speedup(bench: Bench) -> Figure:
     figure.notes["per_corruption_speedup"] = {
         name: round(statistics.median(ratios), 1) for name, ratios in per_name.items()
     }
+    if bench.device.type == "cpu" and os.cpu_count() != 1:
+        # Not the figure (a sweep's evaluator has one core): the same native calls with torch
+        # on every core, against the one-thread reference times above.
+        native_all_cores = sum(
+            timed(corrupt_natively, images, name, severity, 0)
+            for name in names
+            for severity in range(1, 6)
+        )
+        reference_s = statistics.median(row["reference_s"] for row in figure.raw)
+        figure.notes["all_cores_speedup"] = round(reference_s / native_all_cores, 1)
+        figure.notes["all_cores_threads"] = torch.get_num_threads()
     return figure
 
 

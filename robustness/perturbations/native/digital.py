@@ -97,7 +97,7 @@ def _truncated_like_reference(values: Tensor, dtype: torch.dtype) -> Tensor:
     return (torch.floor(values * 255) / 255).to(dtype)
 
 
-@register_native("contrast", fidelity=Fidelity.DETERMINISTIC, default=True)
+@register_native("contrast", fidelity=Fidelity.DETERMINISTIC, default=True, on_grid=True)
 def contrast(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
     factor = CONTRAST_FACTORS[severity - 1]
     count, channels, height, width = images.shape
@@ -141,7 +141,7 @@ def _brightness_table(severity: int, device: torch.device) -> Tensor:
     return (torch.floor(scaled.clamp(0, 1) * 255) / 255).to(torch.float32).flatten().to(device)
 
 
-@register_native("brightness", fidelity=Fidelity.DETERMINISTIC, default=True)
+@register_native("brightness", fidelity=Fidelity.DETERMINISTIC, default=True, on_grid=True)
 def brightness(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
     """images (N, 3, H, W) -> V + c in HSV, clipped: a table lookup by (V, x) levels."""
     levels = (images * 255).round_().to(torch.int32)  # (N, 3, H, W)
@@ -216,7 +216,7 @@ def _pil_box_pass(values: Tensor, matrix: Tensor) -> Tensor:
     return torch.floor(accumulated / float(1 << _PIL_PRECISION_BITS)).clamp(0, 255)
 
 
-@register_native("pixelate", fidelity=Fidelity.DETERMINISTIC, default=True)
+@register_native("pixelate", fidelity=Fidelity.DETERMINISTIC, default=True, on_grid=True)
 def pixelate(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
     factor = PIXELATE_FACTORS[severity - 1]
     _, _, height, width = images.shape
@@ -271,7 +271,7 @@ def jpeg_round_trip(pixels: Tensor, quality: int, codec: JpegCodec) -> Tensor:
         return torch.stack(decoded, 0).permute(0, 3, 1, 2).to(pixels.device)
 
 
-@register_native("jpeg_compression", fidelity=Fidelity.DETERMINISTIC, default=True)
+@register_native("jpeg_compression", fidelity=Fidelity.DETERMINISTIC, default=True, on_grid=True)
 def jpeg_compression(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
     quality = JPEG_QUALITIES[severity - 1]
     pixels = (images * 255).round().clamp(0, 255).to(torch.uint8)  # (N, 3, H, W)

@@ -125,7 +125,7 @@ def shot_noise(images: Tensor, severity: int, generator: torch.Generator) -> Ten
     return counts.to(images.dtype).div_(rate).clamp_(max=1)
 
 
-@register_native("impulse_noise", fidelity=Fidelity.RANDOM, default=True)
+@register_native("impulse_noise", fidelity=Fidelity.RANDOM, default=True, on_grid=True)
 def impulse_noise(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
     amount = IMPULSE_NOISE_AMOUNTS[severity - 1]
     # skimage flips every element, channels included, with probability `amount`, and a

@@ -10,7 +10,7 @@ what the reference returns before its uint8 cast; the shared steps live here, on
    `robustness.perturbations.corruptions` (the severity constants assume at least 32 pixels);
 3. randomness comes from one `torch.Generator` on the batch's device, seeded by the job;
 4. the output is clipped to [0, 1] and truncated to the uint8 grid, like `np.uint8(...)` in
-   `imagecorruptions.corrupt`.
+   `imagecorruptions.corrupt` (skipped for `on_grid` corruptions, whose output already is).
 
 `Fidelity` says how a corruption is held to the reference (`tests/test_native_corruptions.py`):
 deterministic ones image by image (PSNR), random ones by the statistics of their change.
@@ -43,18 +43,21 @@ class NativeCorruption:
     function: NativeFunction
     fidelity: Fidelity
     default: bool  # passed the fidelity gate: served natively under `engine: auto`
+    # Returns level / 255 in [0, 1] already (lookups, codecs, copies of the input): the shared
+    # clip and truncation would change nothing, so they are skipped.
+    on_grid: bool = False
 
 
 NATIVE_CORRUPTIONS: dict[str, NativeCorruption] = {}
 
 
 def register_native(
-    name: str, *, fidelity: Fidelity, default: bool
+    name: str, *, fidelity: Fidelity, default: bool, on_grid: bool = False
 ) -> Callable[[NativeFunction], NativeFunction]:
     def register(function: NativeFunction) -> NativeFunction:
         if name in NATIVE_CORRUPTIONS:
             raise ValueError(f"native corruption {name!r} is registered twice")
-        NATIVE_CORRUPTIONS[name] = NativeCorruption(name, function, fidelity, default)
+        NATIVE_CORRUPTIONS[name] = NativeCorruption(name, function, fidelity, default, on_grid)
         return function
 
     return register
@@ -90,11 +93,13 @@ def corrupt_natively(images: Tensor, name: str, severity: int, seed: int) -> Ten
     # per step costs more (page faults on new memory) than the arithmetic.
     work = work.mul(255).round_().clamp_(0, 255).div_(255)
     generator = make_generator(seed, work.device)
-    out = NATIVE_CORRUPTIONS[name].function(work, severity, generator)
+    spec = NATIVE_CORRUPTIONS[name]
+    out = spec.function(work, severity, generator)
     if out.shape != work.shape:
         raise AssertionError(f"native {name} returned {tuple(out.shape)} for {tuple(work.shape)}")
-    # np.uint8 truncates; the small epsilon keeps values computed as k - 1e-6 at k.
-    out = out.clamp(0, 1).mul_(255).add_(1e-4).floor_().div_(255)
+    if not spec.on_grid:
+        # np.uint8 truncates; the small epsilon keeps values computed as k - 1e-6 at k.
+        out = out.clamp(0, 1).mul_(255).add_(1e-4).floor_().div_(255)
     if resized:
         out = F.interpolate(out, size=(height, width), mode="area")
     return out.to(dtype=images.dtype).contiguous()
