@@ -101,18 +101,21 @@ def _truncated_like_reference(values: Tensor, dtype: torch.dtype) -> Tensor:
 def contrast(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
     factor = CONTRAST_FACTORS[severity - 1]
     count, channels, height, width = images.shape
-    levels = (images * 255).round().to(torch.uint8).flatten(2)  # (N, 3, H·W)
+    levels = images.mul(255).round_().to(torch.int32).flatten(2)  # (N, 3, H·W)
     # numpy's mean over (H, W) of an (H, W, 3) array adds the pixels one after another in row
     # order; a running sum (sequential on the CPU) rounds the same way, and that matters for flat
     # images, whose result is their mean itself, sitting on a uint8 step.
-    sums = (levels.double() / 255).cumsum(-1)[..., -1:]  # (N, 3, 1)
+    sums = levels.double().div_(255).cumsum(-1)[..., -1:]  # (N, 3, 1)
     means = sums / (height * width)  # (N, 3, 1)
     # The result is a function of the pixel's level per image and channel: tabulate it over the
     # 256 levels (N·3·256 values in float64, not N·3·H·W) and look the pixels up.
     grid = torch.arange(256, device=images.device, dtype=torch.float64) / 255  # (256,)
     table = ((grid - means) * factor + means).clamp(0, 1)  # (N, 3, 256)
-    table = _truncated_like_reference(table, images.dtype)
-    return torch.gather(table, 2, levels.long()).view(count, channels, height, width)
+    table = _truncated_like_reference(table, images.dtype).flatten()  # (N·3·256,)
+    # One flat lookup: pixel (n, c, ·) at level l reads table[(n·3 + c)·256 + l].
+    planes = torch.arange(count * channels, device=images.device, dtype=torch.int32) * 256
+    index = levels.add_(planes.view(count, channels, 1)).flatten()  # (N·3·H·W,)
+    return table.index_select(0, index).view(count, channels, height, width)
 
 
 # --------------------------------------------------------------------------- HSV
@@ -274,9 +277,11 @@ def jpeg_round_trip(pixels: Tensor, quality: int, codec: JpegCodec) -> Tensor:
 @register_native("jpeg_compression", fidelity=Fidelity.DETERMINISTIC, default=True, on_grid=True)
 def jpeg_compression(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
     quality = JPEG_QUALITIES[severity - 1]
-    pixels = (images * 255).round().clamp(0, 255).to(torch.uint8)  # (N, 3, H, W)
+    pixels = images.mul(255).round_().to(torch.uint8)  # (N, 3, H, W); the input is in [0, 1]
     codec = JPEG_CODEC_ON_CUDA if images.is_cuda else JpegCodec.LIBJPEG
-    return jpeg_round_trip(pixels, quality, codec).to(images.dtype) / 255  # (N, 3, H, W)
+    decoded = jpeg_round_trip(pixels, quality, codec)  # (N, 3, H, W) uint8, maybe HWC strides
+    # One pass converts to float and to the NCHW layout, then one scales.
+    return torch.empty_like(images).copy_(decoded).div_(255)
 
 
 # --------------------------------------------------------------------------- elastic

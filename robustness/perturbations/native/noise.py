@@ -107,21 +107,24 @@ def gaussian_noise(images: Tensor, severity: int, generator: torch.Generator) ->
 def shot_noise(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
     rate = SHOT_NOISE_RATES[severity - 1]
     table = _poisson_alias_table(rate, images.device)  # (256·K,) packed threshold and alias
-    size = table.numel() // 256  # K, the counts each level's table covers
+    bucket_bits = (table.numel() // 256).bit_length() - 1  # K = 2^bits buckets per level
     # The level l (λ = rate·l/255) picks the row l·K of the table.
-    row = (images * (255 * size)).round_().to(torch.int32)  # (N, 3, H, W)
-    # One uniform u as 23 random bits, from 31 (a power-of-two range: torch's randint reduces
-    # its 32-bit draws modulo the range, which a range like K·2^23 would bias): u·K's integer
-    # part picks the bucket k, its 23-bit fraction is the coin that keeps k, else takes k's
-    # alias. int32 throughout: K·2^23 < 2^31.
+    index = images.mul(255 << bucket_bits).round_().to(torch.int32)  # (N, 3, H, W): l·K
+    # One uniform draw of bits + 23 random bits (a power-of-two range: torch's randint reduces
+    # its draws modulo the range, which another range would bias): the high bits pick the
+    # bucket k, the low 23 are the coin that keeps k, else takes k's alias. int32 throughout.
     draw = torch.randint(
-        0, 1 << 31, images.shape, generator=generator, device=images.device, dtype=torch.int32
+        0,
+        1 << (_COIN_BITS + bucket_bits),
+        images.shape,
+        generator=generator,
+        device=images.device,
+        dtype=torch.int32,
     )
-    scaled = (draw >> 8) * size
-    bucket = scaled >> _COIN_BITS
-    entry = table.index_select(0, (row + bucket).flatten()).view_as(draw)
-    keep = (scaled & _COIN_MASK) < (entry & _COIN_MASK)
-    counts = torch.where(keep, bucket, entry >> _COIN_BITS)
+    bucket = draw >> _COIN_BITS  # (N, 3, H, W)
+    entry = table.index_select(0, index.add_(bucket).flatten()).view_as(draw)
+    keep = draw.bitwise_and_(_COIN_MASK) < (entry & _COIN_MASK)
+    counts = torch.where(keep, bucket, entry.bitwise_right_shift_(_COIN_BITS))
     return counts.to(images.dtype).div_(rate).clamp_(max=1)
 
 
@@ -187,9 +190,10 @@ def _mud(images: Tensor, layer: Tensor, threshold: float, mask_sigma: float) -> 
 def _poisson_alias_table(rate: int, device: torch.device) -> Tensor:
     """Walker alias tables of Poisson(rate·level/255) for the 256 uint8 levels, (256·K,) int32:
     bucket k of level l at l·K + k holds its keep threshold (a 2^23 fraction, in the low 23
-    bits) and its alias (above them). K covers the counts up to rate + 12√rate + 12, beyond
-    which the tail's mass is far under float precision. Built once per rate, on the host."""
-    size = math.ceil(rate + 12 * math.sqrt(rate) + 12)
+    bits) and its alias (above them). K, a power of two (so a bucket is a bit field of one
+    random integer), covers the counts up to rate + 12√rate + 12 at least, beyond which the
+    tail's mass is far under float precision. Built once per rate, on the host."""
+    size = 1 << math.ceil(math.log2(rate + 12 * math.sqrt(rate) + 12))
     entries: list[int] = []
     for level in range(256):
         lam = rate * level / 255
