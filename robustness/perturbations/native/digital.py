@@ -94,7 +94,9 @@ def _truncated_like_reference(values: Tensor, dtype: torch.dtype) -> Tensor:
     the level / 255 in `dtype`. Contrast lands many pixels (every pixel of a flat image)
     within 1e-12 below a uint8 step, which the reference truncates one level down; the
     registry's final floor adds 1e-4 for float32 slack and would round them up instead."""
-    return (torch.floor(values * 255) / 255).to(dtype)
+    # Divide in `dtype` on the values' device, as the registry's own truncation does: CUDA
+    # divides by a scalar through its reciprocal, so "k / 255" is the device's, not the host's.
+    return torch.floor(values * 255).to(dtype).div_(255)
 
 
 @register_native("contrast", fidelity=Fidelity.DETERMINISTIC, default=True, on_grid=True)
@@ -141,7 +143,9 @@ def _brightness_table(severity: int, device: torch.device) -> Tensor:
     brightened = (value + shift).clamp(max=1)  # (256, 1): V′
     scaled = torch.where(value > 0, channel * (brightened / value.clamp_min(1 / 255)), brightened)
     scaled = torch.where(channel == value, brightened, scaled)  # (256, 256)
-    return (torch.floor(scaled.clamp(0, 1) * 255) / 255).to(torch.float32).flatten().to(device)
+    levels = torch.floor(scaled.clamp(0, 1) * 255).to(torch.float32).flatten()  # (256·256,)
+    # Divided on the device, as the registry's truncation does (CUDA divides via a reciprocal).
+    return levels.to(device).div_(255)
 
 
 @register_native("brightness", fidelity=Fidelity.DETERMINISTIC, default=True, on_grid=True)
