@@ -13,7 +13,8 @@ statistics of their change, not image by image (the reference draws from numpy's
   image, scaled as the reference scales it for the image size (cubic), cropped at a random
   offset and blended: `c0 · x + c1 · frost`. The textures are read from disk and resized once
   per image size and device, then cached (the reference re-reads and resizes them on every call).
-  Served natively by default since the gate takes 1,024 images (see the note at `frost`).
+  Registered with `default=False`: see the note at `frost` (a small excess in its change that
+  the gate at 1,024 images only just tolerates).
 - **snow**: a normal snow layer, zoomed (`clipped_zoom`, bilinear with scipy's corner-aligned
   grid), thresholded, motion-blurred along a random angle (the reference's own `_motion_blur`:
   edge-replicating shifts weighted by a half-Gaussian, here one depthwise convolution with a
@@ -245,14 +246,14 @@ def _frost_bank(height: int, width: int, device: torch.device) -> tuple[Tensor, 
     return bank.to(device), spans.to(device)
 
 
-# Given the same texture and crop this equals the reference (min PSNR over 60 dB); which of six
-# very different textures each image gets dominates the change's statistics. Over 256 images the
-# reference's own mean moved ~5 % from seed to seed, so the gate could not judge frost; over the
-# gate's 1,024 it passes at every severity (worst 0.016). Across other seeds (3 native × 2
-# reference, severities 1, 3, 5) the error ranged 0.010-0.047 while the reference against itself
-# gave 0.015-0.021: a small excess (~2 %), inside the 5 % tolerance. Paired accuracy of the demo
-# model (n = 2,000): within 0.41 points of the reference at every severity.
-@register_native("frost", fidelity=Fidelity.RANDOM, default=True)
+# Not default. Given the same texture and crop this equals the reference (min PSNR over 60 dB;
+# the cached textures match cv2.imread + cv2.resize to ±1 level, mean difference 0). Over the
+# gate's 1,024 images it passes on the CPU (worst 0.016) and on an H100's stream only just
+# (0.0499 at severity 4), and across 3 × 2 other seeds it gave 0.010-0.047 where the reference
+# against itself gave 0.015-0.021: over 8 seeds each at severity 4 the red channel's mean change
+# is 0.1803 ± 0.0011 here against 0.1762 ± 0.0011 in the reference, an excess of ~2 % whose
+# cause we have not found. Until it is, frost stays on the reference under `auto`.
+@register_native("frost", fidelity=Fidelity.RANDOM, default=False)
 def frost(images: Tensor, severity: int, generator: torch.Generator) -> Tensor:
     image_weight, frost_weight = FROST_SEVERITIES[severity - 1]
     count, _, height, width = images.shape
