@@ -103,7 +103,17 @@ def shifted_sum(
     # conv2d correlates: output (y, x) reads padded (y + a, x + b), i.e. layer (y + a − max_up,
     # x + b), so tap (up, right) sits at a = max_up − up, b = right.
     kernel.index_put_((layer_index, max_up - up, right), weights, accumulate=True)
-    padded = F.pad(layers, (0, max_right, max_up, 0), mode="replicate")  # (B, N, h', w')
     # Shifts only reach upwards: the first `rows` output rows read only the rows above them.
-    padded = padded[:, :, : rows + max_up]
+    padded = _replicate_top_right(layers[:, :, :rows], max_up, max_right)  # (B, N, h', w')
     return F.conv2d(padded, kernel[:, None], groups=count)  # (B, N, rows, w)
+
+
+def _replicate_top_right(layers: Tensor, top: int, right: int) -> Tensor:
+    """`F.pad(layers, (0, right, top, 0), mode="replicate")` for (B, N, h, w) layers, as three
+    block copies (about three times faster on the CPU than the padding kernel here)."""
+    batch, count, height, width = layers.shape
+    padded = layers.new_empty(batch, count, height + top, width + right)
+    padded[:, :, top:, :width] = layers
+    padded[:, :, top:, width:] = layers[:, :, :, width - 1 :].expand(-1, -1, -1, right)
+    padded[:, :, :top] = padded[:, :, top : top + 1].expand(-1, -1, top, -1)
+    return padded
