@@ -31,7 +31,6 @@ from robustness.perturbations.corruptions import corrupt_images
 from robustness.perturbations.native import NATIVE_CORRUPTIONS, Fidelity, corrupt_natively
 from robustness.perturbations.native.fidelity import GATE_SEED, GateImages, GateResult, gate
 
-SEED = GATE_SEED
 MAX_ACCURACY_GAP = 1.0  # points
 
 
@@ -55,9 +54,12 @@ def accuracy_gaps(run_dir: Path, names: Sequence[str], count: int) -> list[dict[
     for name in names:
         random = NATIVE_CORRUPTIONS[name].fidelity is Fidelity.RANDOM
         for severity in range(1, 6):
-            runs = [("reference", corrupt_images, SEED), ("native", corrupt_natively, SEED)]
+            runs = [
+                ("reference", corrupt_images, GATE_SEED),
+                ("native", corrupt_natively, GATE_SEED),
+            ]
             if random:
-                runs.append(("reference_other_seed", corrupt_images, SEED + 1))
+                runs.append(("reference_other_seed", corrupt_images, GATE_SEED + 1))
             accuracy = {}  # engine -> (A,) accuracy per attribute, in points
             for engine, corrupt, seed in runs:
                 correct = predict_all(model, corrupt(images, name, severity, seed), 500) == labels

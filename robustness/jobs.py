@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from iamt.config import RobustnessConfig
 from robustness.drift import MaskDrift, mask_drift, predict_with_drift
 from robustness.metrics import attack_success_rate, median_distance
 from robustness.perturbations import (
@@ -45,7 +46,8 @@ from robustness.perturbations import (
 from robustness.perturbations.attacks import attribute_view
 
 NO_PERTURBATION = "none"
-DRIFT_SAMPLES = 128  # images of each shard the attention drift is measured on (the default)
+# Images of each shard the attention drift is measured on, unless the config says otherwise.
+DRIFT_SAMPLES: int = RobustnessConfig.model_fields["drift_samples"].default
 
 
 @dataclass(frozen=True)
@@ -186,23 +188,18 @@ def _run_image_job(
     job: Job, models: Mapping[str, nn.Module], x: Tensor, y: Tensor, drift_samples: int
 ) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    if job.family is Family.CLEAN or drift_samples == 0:  # no drift to measure
-        if job.family is not Family.CLEAN:
-            x = _perturbed(job, x)
-        for variant in job.variants:
-            correct = predict_all(models[variant], x, job.batch_size) == y  # (n, A)
-            rows += [
-                _row(job, variant, name, correct[:, a])
-                for a, name in enumerate(job.attribute_names)
-            ]
-        return rows
-    perturbed = _perturbed(job, x)
+    clean = job.family is Family.CLEAN
+    perturbed = x if clean else _perturbed(job, x)  # generated once for every variant
     for variant in job.variants:
-        # One pass over the perturbed shard gives the predictions and the masks; the clean
-        # shard costs one extra forward per variant, for its masks.
-        predictions, drift = predict_with_drift(
-            models[variant], x, perturbed, job.batch_size, drift_samples=drift_samples
-        )
+        drift: MaskDrift | None = None
+        if clean or drift_samples == 0:  # no drift to measure
+            predictions = predict_all(models[variant], perturbed, job.batch_size)
+        else:
+            # One pass over the perturbed shard gives the predictions and the masks; the
+            # clean shard costs one extra forward of its first `drift_samples` images.
+            predictions, drift = predict_with_drift(
+                models[variant], x, perturbed, job.batch_size, drift_samples=drift_samples
+            )
         correct = predictions == y  # (n, A)
         rows += [
             _row(job, variant, name, correct[:, a], drift=drift)

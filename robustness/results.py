@@ -212,16 +212,13 @@ def drift_table(parts: pd.DataFrame) -> pd.DataFrame:
     fixed-ε white-box rows; clean, transfer and minimisation rows have none), one row per job ×
     variant × attribute, with the strength in one column (severity for corruptions, else ε).
     Sorted by a total key, so the same parts give the same bytes."""
-    frame = parts.copy()
-    for column in ("mask_cosine", "importance_rank_correlation"):
-        if column not in frame:
-            frame[column] = np.nan  # parts read some other way than `read_parts`
-    has_drift = frame["mask_cosine"].notna() | frame["importance_rank_correlation"].notna()
-    frame = frame[has_drift & frame["source_variant"].isna()]
+    has_drift = parts["mask_cosine"].notna() | parts["importance_rank_correlation"].notna()
+    frame = parts[has_drift & parts["source_variant"].isna()]
     corruption = frame["family"] == Family.CORRUPTION.value
-    frame = frame.assign(strength=frame["severity"].where(corruption, frame["epsilon"]))
-    if "drift_n" in frame:  # the images the drift was measured on, not the whole shard
-        frame = frame.assign(n=frame["drift_n"].where(frame["drift_n"].notna(), frame["n"]))
+    frame = frame.assign(
+        strength=frame["severity"].where(corruption, frame["epsilon"]),
+        n=frame["drift_n"],  # the images the drift was measured on, not the whole shard
+    )
     frame = frame.sort_values(DRIFT_SORT_KEY, na_position="first", kind="mergesort")
     return frame[DRIFT_COLUMNS].reset_index(drop=True)
 
