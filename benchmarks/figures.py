@@ -26,13 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cluster.config import RunConfig, parse_config
 from cluster.sweep import init_local_ray, run_sweep_on_ray
 from cluster.train import FitRequest, fit_many_on_ray
-from iamt.config import RunConfig, parse_config
 from iamt.data import Split, load_split
 from iamt.model import Architecture, AttentionNet, build_model
+from iamt.rundir import PARTS
 from iamt.train import channel_statistics, seed_everything, train_model
-from iamt.workflow import train_run
 from robustness.jobs import predict_all, run_job
 from robustness.perturbations import (
     Attack,
@@ -45,7 +45,7 @@ from robustness.perturbations.attacks import attribute_view
 from robustness.perturbations.corruptions import corrupt_images
 from robustness.perturbations.native import NATIVE_CORRUPTIONS, corrupt_natively
 from robustness.perturbations.native.fidelity import fidelity_images
-from robustness.runner import Sweep, finish_sweep, prepare_sweep
+from robustness.runner import Sweep, finish_sweep, prepare_sweep, train_run
 
 SLOT = "benchmark_slot"  # Ray custom resource: 2 per machine; a task takes 1 or 2 of them
 
@@ -96,7 +96,7 @@ class Bench:
         """A fresh copy of the run with no parts, prepared for this robustness section."""
         target = Path(tempfile.mkdtemp(dir=self.work, prefix="sweep-"))
         shutil.rmtree(target)
-        shutil.copytree(self.run_dir, target, ignore=shutil.ignore_patterns("parts"))
+        shutil.copytree(self.run_dir, target, ignore=shutil.ignore_patterns(PARTS))
         raw = self.config.model_dump(mode="json")
         raw["robustness"] = {**raw["robustness"], **robustness}
         if variants is not None:

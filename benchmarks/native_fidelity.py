@@ -23,9 +23,10 @@ from typing import Any
 
 import torch
 
+from cluster.config import load_run_config
 from iamt.checkpoint import load_checkpoint
-from iamt.config import load_run_config
 from iamt.data import Split, as_tensors, load_split
+from iamt.rundir import RunDirectory
 from robustness.jobs import predict_all
 from robustness.perturbations.corruptions import corrupt_images
 from robustness.perturbations.native import NATIVE_CORRUPTIONS, Fidelity, corrupt_natively
@@ -48,7 +49,7 @@ def accuracy_gaps(run_dir: Path, names: Sequence[str], count: int) -> list[dict[
     seeds of the reference say how large a gap chance alone makes at this n.
     """
     config = load_run_config(run_dir)
-    model, _ = load_checkpoint(run_dir / "checkpoints" / "normal")
+    model, _ = load_checkpoint(RunDirectory(run_dir).checkpoint_stem)
     images, labels = as_tensors(load_split(config.data, Split.TEST, config.seed), count)
     rows = []
     for name in names:

@@ -20,28 +20,45 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from dashboards.rundata import RunDataError
-from iamt.checkpoint import CheckpointError
-from iamt.config import ConfigError, load_config, load_run_config
-from iamt.data import DatasetError
-from iamt.workflow import RunDirectoryError, train_run
-
-# User mistakes: print the message, exit 2, no traceback.
-USER_ERRORS: tuple[type[Exception], ...] = (
-    ConfigError,
-    DatasetError,
-    CheckpointError,
-    RunDirectoryError,
-    RunDataError,
+from iamt.rundir import (
+    CLEAN,
+    CONFIG,
+    DRIFT,
+    FAILURES,
+    IMPORTANCE,
+    MANIFEST,
+    REPORT,
+    RESULTS,
+    SEARCH_REPORT,
+    SEARCH_TABLE,
+    SUMMARY,
+    TIMINGS,
 )
+
+SWEEP_OUTPUTS = ", ".join((RESULTS, SUMMARY, DRIFT, FAILURES, TIMINGS))
 
 
 def _user_errors(command: str) -> tuple[type[Exception], ...]:
-    if command not in ("run", "search"):  # only these import Ray
-        return USER_ERRORS
-    from cluster.sweep import ClusterUnreachableError
+    """User mistakes: printed as `iamt CMD: error: ...`, exit 2, no traceback. Imported here,
+    not at the top, so that `iamt --help` does not wait for torch."""
+    from iamt.checkpoint import CheckpointError
+    from iamt.config import ConfigError
+    from iamt.data import DatasetError
+    from iamt.rundir import RunDataError
+    from iamt.workflow import RunDirectoryError
 
-    return (*USER_ERRORS, ClusterUnreachableError)
+    errors: tuple[type[Exception], ...] = (
+        ConfigError,
+        DatasetError,
+        CheckpointError,
+        RunDirectoryError,
+        RunDataError,
+    )
+    if command in ("run", "search"):  # only these import Ray
+        from cluster.sweep import ClusterUnreachableError
+
+        errors = (*errors, ClusterUnreachableError)
+    return errors
 
 
 def _add_set_argument(parser: argparse.ArgumentParser, example: str) -> None:
@@ -92,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="STEM",
         help="use this trained checkpoint (e.g. runs/demo/checkpoints/normal) instead of training",
     )
-    run.add_argument("--no-report", action="store_true", help="skip report.html")
+    run.add_argument("--no-report", action="store_true", help=f"skip {REPORT}")
     train = commands.add_parser(
         "train", help="train the normal model, rank channels, measure clean accuracy (no Ray)"
     )
@@ -111,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set_argument(search, "search.max_trials=8 (search.* and robustness.* keys only)")
     search.add_argument("--address", default=None, help="Ray cluster to join (as for `run`)")
     search.add_argument("--quiet", action="store_true", help="no progress bars")
-    report = commands.add_parser("report", help="write RUN_DIR/report.html with PNG plots")
+    report = commands.add_parser("report", help=f"write RUN_DIR/{REPORT} with PNG plots")
     report.add_argument("run_dir", type=Path)
     dashboard = commands.add_parser("dashboard", help="serve the Streamlit dashboard")
     dashboard.add_argument("--runs", type=Path, default=Path("runs"), help="runs directory")
@@ -125,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from cluster.config import load_config
+    from robustness.runner import train_run
+
     config = load_config(args.config, args.overrides)
     run_dir = args.out or Path("runs") / config.name
     summary = train_run(config, run_dir, force=args.force, show_progress=not args.quiet)
@@ -134,11 +154,12 @@ def _train(args: argparse.Namespace) -> int:
     if summary.localisation:
         print("\nattention localisation (mask inside object ÷ outside):")
         print(json.dumps({k: round(v, 2) for k, v in summary.localisation.items()}, indent=2))
-    print(f"\nwrote {run_dir}/: config.yaml manifest.json checkpoints/ importance.csv clean.csv")
+    print(f"\nwrote {run_dir}/: {CONFIG} {MANIFEST} checkpoints/ {IMPORTANCE} {CLEAN}")
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
+    from cluster.config import load_config
     from cluster.pipeline import run_pipeline
 
     config = load_config(args.config, args.overrides)
@@ -158,25 +179,27 @@ def _run(args: argparse.Namespace) -> int:
         f"{jobs['done']}/{jobs['total']} jobs done, {jobs['failed']} failed; "
         f"{result.seconds:.0f} s"
     )
-    print(f"wrote {run_dir}/results.csv, summary.csv, drift.csv, failures.csv, timings.csv")
+    print(f"wrote {run_dir}/: {SWEEP_OUTPUTS}")
     if result.report is not None:
         print(f"wrote {result.report}")
     return 0 if jobs["failed"] == 0 else 1
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from cluster.config import load_run_config
     from robustness.runner import evaluate_run
 
     config = load_run_config(args.run_dir, args.overrides)
     counts = evaluate_run(args.run_dir, config, show_progress=not args.quiet)
     print(
         f"\n{counts['done']}/{counts['total']} jobs done, {counts['failed']} failed; wrote "
-        f"{args.run_dir}/results.csv, summary.csv, drift.csv, failures.csv, timings.csv"
+        f"{args.run_dir}/: {SWEEP_OUTPUTS}"
     )
     return 0 if counts["failed"] == 0 else 1
 
 
 def _search(args: argparse.Namespace) -> int:
+    from cluster.config import load_run_config
     from cluster.pipeline import search_run
     from cluster.search import with_search_enabled
 
@@ -195,7 +218,7 @@ def _search(args: argparse.Namespace) -> int:
             f"clean cost {chosen['clean_cost']:+.2f}); the sweep evaluates it on the test "
             f"split as variant {report['variant']!r}"
         )
-    print(f"wrote {args.run_dir}/search.csv, search.json")
+    print(f"wrote {args.run_dir}/: {SEARCH_TABLE}, {SEARCH_REPORT}")
     return 0
 
 
@@ -230,11 +253,13 @@ def execute(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """`iamt`: `execute`, with a user's mistake printed as one line instead of a traceback."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    command = build_parser().parse_args(arguments).command  # --help and usage errors exit here
     try:
-        return HANDLERS[args.command](args)
-    except _user_errors(args.command) as error:
-        print(f"iamt {args.command}: error: {error}", file=sys.stderr)
+        return execute(arguments)
+    except _user_errors(command) as error:
+        print(f"iamt {command}: error: {error}", file=sys.stderr)
         return 2
 
 

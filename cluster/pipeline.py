@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -28,14 +29,16 @@ from typing import Any
 import ray
 import torch
 
+from cluster.config import RunConfig
 from cluster.search import run_search_on_ray
 from cluster.sweep import check_reachable, connect, init_local_ray, run_sweep_on_ray
 from cluster.train import fit_on_ray
 from dashboards.report import write_report
-from iamt.config import ConfigError, RunConfig
-from iamt.search import candidate_specs, search_is_current
-from iamt.workflow import adopt_checkpoint, prepare_train_run, train_run
-from robustness.runner import evaluate_run, update_manifest
+from iamt.config import ConfigError
+from iamt.rundir import RunDirectory
+from iamt.workflow import TrainInputs, adopt_checkpoint, prepare_train_run
+from robustness.runner import TrainRunSummary, evaluate_run, train_run
+from robustness.search import candidate_specs, search_is_current
 
 
 @dataclass
@@ -107,8 +110,43 @@ def run_pipeline(
     show_progress: bool = True,
 ) -> PipelineResult:
     started = time.perf_counter()
-    # 1. Everything cheap is checked before Ray starts or a file is written.
-    inputs = prepare_train_run(config, run_dir, force=force)  # config, run dir, data
+    inputs, joining = _validate(config, run_dir, address, checkpoint, force)
+    owns_ray = not ray.is_initialized()  # a caller's Ray (tests, notebooks) stays up
+    where = start_ray(joining, config)
+    run = RunDirectory(run_dir)
+    try:
+        if joining:  # a real cluster may autoscale: say what it lacks, then wait
+            for problem in check_resources_fit(config, ray.cluster_resources()):
+                warnings.warn(f"{problem}; waiting for the cluster to grow", stacklevel=2)
+        summary = _train(config, run_dir, inputs, checkpoint, force, show_progress)
+        if config.search.enabled and not search_is_current(run_dir, config):
+            run.update_manifest(status="running", stage="search", ray=where, error=None)
+            run_search_on_ray(run_dir, config, show_progress=show_progress)
+        run.update_manifest(status="running", stage="sweep", ray=where, error=None)
+        counts = _sweep(config, run_dir, show_progress)
+        report_path = None
+        if report:
+            run.update_manifest(stage="report")
+            report_path = write_report(run_dir)
+            run.update_manifest(stage="done")
+    except BaseException as error:  # Ctrl-C included: the manifest must not say "running"
+        if run.manifest.is_file():
+            run.update_manifest(status="failed", error=f"{type(error).__name__}: {error}")
+        raise
+    finally:
+        if owns_ray:
+            ray.shutdown()
+    seconds = round(time.perf_counter() - started, 2)
+    return PipelineResult(run_dir, summary.trained, dict(counts), report_path, seconds)
+
+
+def _validate(
+    config: RunConfig, run_dir: Path, address: str | None, checkpoint: Path | None, force: bool
+) -> tuple[TrainInputs, str | None]:
+    """Everything cheap, checked before Ray starts or a file is written: the config, the run
+    directory, the data, the search space and the cluster. Returns the loaded inputs and the
+    cluster to join (None: an embedded Ray)."""
+    inputs = prepare_train_run(config, run_dir, force=force)
     if config.search.enabled:
         candidate_specs(config)  # the search space, against the model's channels
     joining = ray_address(address, config)
@@ -120,62 +158,48 @@ def run_pipeline(
             raise ConfigError("; ".join(too_big) + " (lower the asks or set cluster.num_cpus)")
     if checkpoint is not None:
         adopt_checkpoint(checkpoint, run_dir, config, force=force)
+    return inputs, joining
 
-    owns_ray = not ray.is_initialized()  # a caller's Ray (tests, notebooks) stays up
-    where = start_ray(joining, config)
-    try:
-        if joining:  # a real cluster may autoscale: say what it lacks, then wait
-            for problem in check_resources_fit(config, ray.cluster_resources()):
-                warnings.warn(f"{problem}; waiting for the cluster to grow", stacklevel=2)
-        scaling = config.cluster.train
-        summary = train_run(
-            config,
-            run_dir,
-            force=force,
-            retrain=force and checkpoint is None,
-            show_progress=show_progress,
-            fit=fit_on_ray(config, run_dir, restart=force, show_progress=show_progress),
-            trainer=f"Ray Train, {scaling.num_workers} worker(s)"
-            + (", GPU" if scaling.use_gpu else ""),
-            inputs=inputs,
-        )
-        if config.search.enabled and not search_is_current(run_dir, config):
-            update_manifest(run_dir, status="running", stage="search", ray=where, error=None)
-            run_search_on_ray(run_dir, config, show_progress=show_progress)
-        update_manifest(run_dir, status="running", stage="sweep", ray=where, error=None)
-        sweep = config.cluster.sweep
-        counts = evaluate_run(
-            run_dir,
-            config,
-            show_progress=show_progress,
-            run_sweep=partial(
-                run_sweep_on_ray,
-                max_in_flight=sweep.max_in_flight,
-                max_retries=sweep.max_retries,
-                num_cpus_per_task=sweep.num_cpus,
-                num_gpus_per_task=sweep.num_gpus,
-                resources_per_task=sweep.resources,
-                memory_mb_per_task=sweep.memory_mb,
-            ),
-        )
-        report_path = None
-        if report:
-            update_manifest(run_dir, stage="report")
-            report_path = write_report(run_dir)
-            update_manifest(run_dir, stage="done")
-    except BaseException as error:  # Ctrl-C included: the manifest must not say "running"
-        if (run_dir / "manifest.json").is_file():
-            update_manifest(run_dir, status="failed", error=f"{type(error).__name__}: {error}")
-        raise
-    finally:
-        if owns_ray:
-            ray.shutdown()
-    return PipelineResult(
+
+def _train(
+    config: RunConfig,
+    run_dir: Path,
+    inputs: TrainInputs,
+    checkpoint: Path | None,
+    force: bool,
+    show_progress: bool,
+) -> TrainRunSummary:
+    """Training on Ray Train (skipped when the run holds this config's checkpoint)."""
+    scaling = config.cluster.train
+    trainer = f"Ray Train, {scaling.num_workers} worker(s)" + (", GPU" if scaling.use_gpu else "")
+    return train_run(
+        config,
         run_dir,
-        summary.trained,
-        dict(counts),
-        report_path,
-        round(time.perf_counter() - started, 2),
+        force=force,
+        retrain=force and checkpoint is None,
+        show_progress=show_progress,
+        fit=fit_on_ray(config, run_dir, restart=force, show_progress=show_progress),
+        trainer=trainer,
+        inputs=inputs,
+    )
+
+
+def _sweep(config: RunConfig, run_dir: Path, show_progress: bool) -> Mapping[str, Any]:
+    """The sweep fanned out over Ray with the cluster section's resources."""
+    sweep = config.cluster.sweep
+    return evaluate_run(
+        run_dir,
+        config,
+        show_progress=show_progress,
+        run_sweep=partial(
+            run_sweep_on_ray,
+            max_in_flight=sweep.max_in_flight,
+            max_retries=sweep.max_retries,
+            num_cpus_per_task=sweep.num_cpus,
+            num_gpus_per_task=sweep.num_gpus,
+            resources_per_task=sweep.resources,
+            memory_mb_per_task=sweep.memory_mb,
+        ),
     )
 
 

@@ -1,11 +1,11 @@
 """`iamt search RUN_DIR`: the emphasis search as Ray Tune trials, one per candidate transform.
 
-The maths are in `iamt/search.py`; this module only places them on Ray. The driver loads the
-trained model, the channel importance and the **validation** images, perturbs them once, and
-hands the same objects to every trial through the object store (`tune.with_parameters`), so a
-trial only classifies. Trials run in parallel with the sweep's resources
-(`cluster.sweep.num_cpus` / `num_gpus`, at most `max_in_flight` at once); each is inference on
-fixed inputs, so the result does not depend on the order they finish in.
+The measurement is in `robustness/search.py`; this module only places it on Ray. The driver
+loads the trained model, the channel importance and the **validation** images, perturbs them
+once, and hands the same objects to every trial through the object store
+(`tune.with_parameters`), so a trial only classifies. Trials run in parallel with the sweep's
+resources (`cluster.sweep.num_cpus` / `num_gpus`, at most `max_in_flight` at once); each is
+inference on fixed inputs, so the result does not depend on the order they finish in.
 
 Writes `search.csv` (one row per trial), `search.json` (the split, the rule, the Pareto front
 and the choice) and Tune's own records under `search/`.
@@ -24,12 +24,16 @@ import torch
 from ray import tune
 from tqdm.auto import tqdm
 
+from cluster.config import RunConfig
 from cluster.sweep import threads_for
-from iamt.config import RunConfig, SearchConfig, config_to_yaml
+from iamt.config import config_to_yaml
 from iamt.data import Split, load_split
-from iamt.io import write_csv, write_json, write_text
+from iamt.io import write_json, write_text
 from iamt.model import AttentionNet
-from iamt.search import (
+from iamt.rundir import SEARCH_REPORT, SEARCH_TABLE, RunDirectory
+from robustness.config import SearchConfig
+from robustness.runner import load_trained
+from robustness.search import (
     ValidationSet,
     candidate_specs,
     measure,
@@ -37,9 +41,6 @@ from iamt.search import (
     summarize,
     validation_set,
 )
-from robustness.runner import load_trained, update_manifest
-
-TUNE_DIR = "search"  # Tune's experiment records, inside the run directory
 
 
 def _trial(
@@ -81,7 +82,30 @@ def run_search_on_ray(
     specs = candidate_specs(config)  # a bad space fails here, before any work
     model, importance = load_trained(run_dir)
     val_set = load_split(config.data, Split.VAL, config.seed)  # never the test split
-    data = validation_set(config.search, val_set, config.seed)
+    data = validation_set(config, val_set, config.seed)
+    trials = _run_trials(
+        RunDirectory(run_dir), config, specs, model, importance, data, show_progress
+    )
+    table = summarize(trials, config.search)
+    report = search_report(table, config.search, data, len(val_set))
+    run = RunDirectory(run_dir)
+    run.write_csv(SEARCH_TABLE, table)
+    write_json(run / SEARCH_REPORT, report)  # no timings: the same search, the same bytes
+    write_text(run.config, config_to_yaml(config))  # the search it answers
+    run.update_manifest(search_seconds=round(time.perf_counter() - started, 2))
+    return report
+
+
+def _run_trials(
+    run: RunDirectory,
+    config: RunConfig,
+    specs: list[str],
+    model: AttentionNet,
+    importance: torch.Tensor,
+    data: ValidationSet,
+    show_progress: bool,
+) -> list[dict[str, Any]]:
+    """One Tune trial per spec; each trial's spec and metrics."""
     resources = config.cluster.sweep
     trainable = tune.with_resources(
         tune.with_parameters(
@@ -94,7 +118,7 @@ def run_search_on_ray(
         ),
         {"cpu": resources.num_cpus, "gpu": resources.num_gpus},
     )
-    records = run_dir.absolute() / TUNE_DIR
+    records = run.tune_records.absolute()
     shutil.rmtree(records, ignore_errors=True)  # a fresh search, not Tune's resume
     progress = _Progress(len(specs), show_progress)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our bar, not Tune's status boxes
@@ -119,20 +143,10 @@ def run_search_on_ray(
             f"{(failed[0].config or {}).get('spec')!r}: {failed[0].error}"
         )
     keep = ["clean_accuracy", "robust_accuracy", "adversarial_accuracy"]
-    trials = [
-        {
-            "spec": (result.config or {})["spec"],
-            **{key: (result.metrics or {})[key] for key in keep},
-        }
-        for result in results
+    return [
+        {"spec": (r.config or {})["spec"], **{key: (r.metrics or {})[key] for key in keep}}
+        for r in results
     ]
-    table = summarize(trials, config.search)
-    report = search_report(table, config.search, data, len(val_set))
-    write_csv(run_dir / "search.csv", table)
-    write_json(run_dir / "search.json", report)  # no timings: the same search, the same bytes
-    write_text(run_dir / "config.yaml", config_to_yaml(config))  # the search it answers
-    update_manifest(run_dir, search_seconds=round(time.perf_counter() - started, 2))
-    return report
 
 
 def with_search_enabled(config: RunConfig) -> RunConfig:

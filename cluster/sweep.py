@@ -24,7 +24,7 @@ import os
 import socket
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,9 +36,9 @@ from ray.exceptions import RayError, RayTaskError
 from torch import nn
 from tqdm.auto import tqdm
 
+from iamt.vocabulary import Family
 from robustness.jobs import DRIFT_SAMPLES, Job, run_job
 from robustness.limits import JobMemoryError, memory_cap
-from robustness.perturbations import Family
 from robustness.results import failure_record, write_part
 from robustness.runner import Sweep
 
@@ -220,18 +220,9 @@ def run_sweep_on_ray(
         raise ValueError(f"max_retries must be 0 or more, got {max_retries}")
     if not ray.is_initialized():
         raise RuntimeError("Ray is not initialised: call init_local_ray() or connect() first")
-
     pending = sweep.pending
-    total = len(sweep.jobs)
-    done = total - len(pending)
-    stats = RaySweepStats()
     if not pending:
-        return stats
-
-    # Put once: every task gets these refs, so the models are serialised once per sweep.
-    models_box = [ray.put(sweep.models)]
-    images_ref = ray.put(sweep.images.numpy())
-    labels_ref = ray.put(sweep.labels.numpy())
+        return RaySweepStats()
     # Retries are the driver's (below), not Ray's, so the driver knows each job's attempt count.
     task = evaluate_job.options(
         num_cpus=num_cpus_per_task,
@@ -241,62 +232,95 @@ def run_sweep_on_ray(
         max_retries=0,
         retry_exceptions=False,
     )
-
-    # Attacks first: they are the longest jobs, and a long job started last leaves the other
-    # evaluators idle at the end (longest-first scheduling). The order changes no result.
-    ordered = sorted(pending, key=lambda job: job.family is not Family.ADVERSARIAL)
-    queue = list(reversed(ordered))  # pop() from the end
-    in_flight: dict[ray.ObjectRef, tuple[Job, int]] = {}  # ref -> (job, attempt number)
-
-    def submit(job: Job, attempt: int) -> None:
-        ref = task.remote(
-            job,
-            models_box,
-            images_ref,
-            labels_ref,
-            memory_mb_per_task,
-            sweep.config.robustness.drift_samples,
-        )
-        in_flight[ref] = (job, attempt)
-        stats.submitted += 1
-        stats.max_in_flight_seen = max(stats.max_in_flight_seen, len(in_flight))
-
-    bar = tqdm(total=total, initial=done, desc="sweep", unit="job", disable=not show_progress)
+    fan_out = _FanOut(sweep, task, memory_mb_per_task, max_retries)
+    total = len(sweep.jobs)
+    already = total - len(pending)
+    bar = tqdm(total=total, initial=already, desc="sweep", unit="job", disable=not show_progress)
     try:
-        while queue or in_flight:
-            while queue and len(in_flight) < max_in_flight:  # backpressure
-                submit(queue.pop(), 1)
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
-            ref = ready[0]
-            job, attempt = in_flight.pop(ref)
-            try:
-                rows, wall, node, worker = ray.get(ref)
-            except RayError as error:  # the job raised or its worker died
-                if attempt <= max_retries and not isinstance(_cause(error), JobMemoryError):
-                    stats.retried += 1
-                    submit(job, attempt + 1)
-                    continue
-                sweep.failures.append(failure_record(job, _cause(error), attempts=attempt))
-                stats.failed += 1
-            else:
-                write_part(sweep.run_dir, rows)  # the driver owns the run directory
-                sweep.timings.append(
-                    {
-                        "job_id": job.job_id,
-                        "node": node,
-                        "worker": worker,
-                        "attempts": attempt,
-                        "wall_s": round(wall, 3),
-                    }
-                )
-                stats.finished += 1
-                done += 1
+        for done in fan_out.run(pending, max_in_flight, already):
             bar.update(1)
-            bar.set_postfix_str(f"failed={len(sweep.failures)} in_flight={len(in_flight)}")
+            bar.set_postfix_str(f"failed={len(sweep.failures)} in_flight={len(fan_out.in_flight)}")
             if on_update is not None:
                 on_update(done, len(sweep.failures), total)
     finally:
-        for ref in in_flight:  # interrupted (Ctrl-C, a callback raised): stop what is running
-            ray.cancel(ref, force=True)
+        fan_out.cancel()  # interrupted (Ctrl-C, a callback raised): stop what is running
         bar.close()
-    return stats
+    return fan_out.stats
+
+
+class _FanOut:
+    """One sweep's tasks on Ray: submissions within the bound, retries, parts as they land."""
+
+    def __init__(self, sweep: Sweep, task: Any, memory_mb: float | None, max_retries: int) -> None:
+        self.sweep = sweep
+        self.task = task
+        self.memory_mb = memory_mb
+        self.max_retries = max_retries
+        self.stats = RaySweepStats()
+        self.in_flight: dict[ray.ObjectRef, tuple[Job, int]] = {}  # ref -> (job, attempt)
+        # Put once: every task gets these refs, so the models are serialised once per sweep.
+        self.models_box = [ray.put(sweep.models)]
+        self.images_ref = ray.put(sweep.images.numpy())
+        self.labels_ref = ray.put(sweep.labels.numpy())
+
+    def run(self, pending: list[Job], max_in_flight: int, done: int) -> Iterator[int]:
+        """Submit and collect until every job finished or failed; yields the count of jobs
+        done after each finished or failed job."""
+        # Attacks first: they are the longest jobs, and a long job started last leaves the
+        # other evaluators idle at the end (longest-first scheduling). No result changes.
+        ordered = sorted(pending, key=lambda job: job.family is not Family.ADVERSARIAL)
+        queue = list(reversed(ordered))  # pop() from the end
+        while queue or self.in_flight:
+            while queue and len(self.in_flight) < max_in_flight:  # backpressure
+                self.submit(queue.pop(), 1)
+            outcome = self.collect()
+            if outcome is None:  # resubmitted: not finished yet
+                continue
+            done += outcome
+            yield done
+
+    def submit(self, job: Job, attempt: int) -> None:
+        ref = self.task.remote(
+            job,
+            self.models_box,
+            self.images_ref,
+            self.labels_ref,
+            self.memory_mb,
+            self.sweep.config.robustness.drift_samples,
+        )
+        self.in_flight[ref] = (job, attempt)
+        self.stats.submitted += 1
+        self.stats.max_in_flight_seen = max(self.stats.max_in_flight_seen, len(self.in_flight))
+
+    def collect(self) -> int | None:
+        """Wait for one task: 1 when its job finished, 0 when it failed for good, None when
+        it was resubmitted."""
+        ready, _ = ray.wait(list(self.in_flight), num_returns=1)
+        job, attempt = self.in_flight.pop(ready[0])
+        try:
+            rows, wall, node, worker = ray.get(ready[0])
+        except RayError as error:  # the job raised or its worker died
+            cause = _cause(error)
+            if attempt <= self.max_retries and not isinstance(cause, JobMemoryError):
+                self.stats.retried += 1
+                self.submit(job, attempt + 1)
+                return None
+            self.sweep.failures.append(failure_record(job, cause, attempts=attempt))
+            self.stats.failed += 1
+            return 0
+        write_part(self.sweep.run_dir, rows)  # the driver owns the run directory
+        self.sweep.timings.append(
+            {
+                "job_id": job.job_id,
+                "node": node,
+                "worker": worker,
+                "attempts": attempt,
+                "wall_s": round(wall, 3),
+            }
+        )
+        self.stats.finished += 1
+        return 1
+
+    def cancel(self) -> None:
+        for ref in self.in_flight:
+            ray.cancel(ref, force=True)

@@ -12,7 +12,7 @@ and schedule); Ray Train adds the workers, DDP and fault tolerance:
   storage path): the weights in the project's safetensors format, plus the optimiser,
   schedule and shuffling state (`torch.load(weights_only=True)`: tensors and numbers only).
   A restarted worker group, or a rerun of an interrupted `iamt run`, resumes from it.
-- The driver loads the final weights into its model; `iamt.workflow.train_run` then writes
+- The driver loads the final weights into its model; `iamt.workflow.train_and_rank` then writes
   the usual `checkpoints/normal.safetensors` + `.json`.
 
 `fit_on_ray` trains one model; `fit_many_on_ray` trains several (seeds, say) concurrently, each
@@ -39,16 +39,16 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from tqdm.auto import tqdm
 
+from cluster.config import RunConfig, TrainScalingConfig, parse_config
 from cluster.sweep import threads_for
 from iamt.checkpoint import load_checkpoint, load_tensor_state, save_checkpoint
-from iamt.config import RunConfig, TrainScalingConfig, parse_config
 from iamt.data import AttributeDataset, Split, iterate_batches, load_split
 from iamt.data.base import num_batches
 from iamt.model import AttentionNet
+from iamt.rundir import RunDirectory
 from iamt.train import EpochRecord, make_optimizer, seed_everything, train_epoch
 from iamt.workflow import Fit
 
-STORAGE_DIR = "ray_train"  # Ray Train's storage path, inside the run directory
 MODEL_STEM = "model"  # <checkpoint dir>/model.safetensors + model.json (iamt.checkpoint)
 STATE_FILE = "training_state.pt"  # optimiser, schedule, shuffling RNG, epoch, history
 
@@ -119,24 +119,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     generator = seed_everything(config.seed)  # the same shuffling order on every rank
     train_set = load_split(config.data, Split.TRAIN, config.seed)
     model: AttentionNet = ray.get(loop_config["model"])  # the driver's initial weights
-    start_epoch, history = 1, []
     steps = num_batches(train_set, config.train.batch_size)
     optimizer, scheduler = make_optimizer(model, config.train, steps)
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:  # a restarted worker group, or a rerun of an interrupted run
-        with checkpoint.as_directory() as directory:
-            restored, _ = load_checkpoint(Path(directory) / MODEL_STEM)
-            model.load_state_dict(restored.state_dict())
-            state = load_tensor_state(Path(directory) / STATE_FILE)
-        if state["train_config"] != config.train.model_dump(mode="json"):
-            raise RuntimeError(
-                "the Ray Train checkpoint in the run directory was made with another `train` "
-                "config; rerun with --force to train afresh"
-            )
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        start_epoch, history = state["epoch"] + 1, state["history"]
+    start_epoch, history = _resume(config, model, optimizer, scheduler, generator)
     ddp_model = ray.train.torch.prepare_model(model)  # DDP when world > 1; moves to `device`
     progress = None
     if rank == 0:
@@ -164,23 +149,59 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         )
         loss = _mean_over_workers(loss, device)
         history.append({"epoch": epoch, "loss": loss, "seconds": time.perf_counter() - started})
-        metrics = {"epoch": epoch, "loss": loss}
-        with tempfile.TemporaryDirectory() as directory:
-            if rank == 0:  # one copy of the weights; every rank still reports
-                save_checkpoint(Path(directory) / MODEL_STEM, model, seed=config.seed, epochs=epoch)
-                state = {
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "generator": generator.get_state(),
-                    "epoch": epoch,
-                    "history": history,
-                    "train_config": config.train.model_dump(mode="json"),
-                }
-                torch.save(state, Path(directory) / STATE_FILE)
-                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory))
-                loop_config["progress"].epoch_done.remote()
-            else:
-                ray.train.report(metrics)
+        state = {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "generator": generator.get_state(),
+            "epoch": epoch,
+            "history": history,
+            "train_config": config.train.model_dump(mode="json"),
+        }
+        _report_epoch(rank, model, state, config.seed, loop_config["progress"])
+
+
+def _resume(
+    config: RunConfig,
+    model: AttentionNet,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    generator: torch.Generator,
+) -> tuple[int, list[dict[str, Any]]]:
+    """(first epoch, history so far): from Ray Train's checkpoint when a restarted worker
+    group, or a rerun of an interrupted run, has one; else (1, [])."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 1, []
+    with checkpoint.as_directory() as directory:
+        restored, _ = load_checkpoint(Path(directory) / MODEL_STEM)
+        model.load_state_dict(restored.state_dict())
+        state = load_tensor_state(Path(directory) / STATE_FILE)
+    if state["train_config"] != config.train.model_dump(mode="json"):
+        raise RuntimeError(
+            "the Ray Train checkpoint in the run directory was made with another `train` "
+            "config; rerun with --force to train afresh"
+        )
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["generator"])
+    return state["epoch"] + 1, state["history"]
+
+
+def _report_epoch(
+    rank: int, model: AttentionNet, state: dict[str, Any], seed: int, relay: Any
+) -> None:
+    """Report the epoch to Ray Train: rank 0 with a checkpoint (one copy of the weights and
+    the training state), every other rank with its metrics only."""
+    metrics = {"epoch": state["epoch"], "loss": state["history"][-1]["loss"]}
+    with tempfile.TemporaryDirectory() as directory:
+        if rank != 0:
+            ray.train.report(metrics)
+            return
+        epoch = state["epoch"]
+        save_checkpoint(Path(directory) / MODEL_STEM, model, seed=seed, epochs=epoch)
+        torch.save(state, Path(directory) / STATE_FILE)
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory))
+        relay.epoch_done.remote()
 
 
 def _mean_over_workers(value: float, device: torch.device) -> float:
@@ -208,7 +229,7 @@ class FitRequest:
 
 def _trainer(request: FitRequest, relay: Any) -> TorchTrainer:
     config = request.config
-    storage = (request.run_dir / STORAGE_DIR).absolute()
+    storage = RunDirectory(request.run_dir).train_storage.absolute()
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -278,7 +299,7 @@ def fit_on_ray(
     def fit(model: AttentionNet, train_set: AttributeDataset) -> list[EpochRecord]:
         del train_set  # each worker loads its own copy of the training split
         if restart:
-            shutil.rmtree(run_dir / STORAGE_DIR, ignore_errors=True)
+            shutil.rmtree(RunDirectory(run_dir).train_storage, ignore_errors=True)
         request = FitRequest(model, config, run_dir)
         return fit_many_on_ray([request], show_progress=show_progress)[0]
 

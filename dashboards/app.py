@@ -24,6 +24,20 @@ if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
 from dashboards import charts, rundata  # noqa: E402
+from iamt.rundir import (  # noqa: E402  (torch-free: names and readers of a run directory)
+    CLEAN,
+    CONFIG,
+    DRIFT,
+    FAILURES,
+    IMPORTANCE,
+    KNOWN_CSVS,
+    MANIFEST,
+    PARTS,
+    RESULTS,
+    SUMMARY,
+    RunDirectory,
+)
+from iamt.vocabulary import Family  # noqa: E402
 
 PAGES = ("Runs", "Overview", "Noise and corruptions", "Adversarial", "Attention", "Run info")
 REFRESH_S = 5.0  # how often a running run's progress is re-read
@@ -65,22 +79,28 @@ def load_csv(run_dir: Path, filename: str) -> pd.DataFrame | None:
         return None
 
 
+def masks_name(run_dir: Path) -> str:
+    """The mask samples' path inside the run, as messages name it."""
+    run = RunDirectory(run_dir)
+    return str(run.masks.relative_to(run.root))
+
+
 def load_masks(run_dir: Path) -> rundata.MaskSamples | None:
-    _, mtime = rundata.file_key(run_dir / rundata.MASKS)
+    _, mtime = rundata.file_key(RunDirectory(run_dir).masks)
     if mtime < 0:
         return None
     try:
         return _cached_masks(str(run_dir), mtime)
     except rundata.RunDataError as error:
-        st.error(f"Cannot read `{rundata.MASKS}`: {error}")
+        st.error(f"Cannot read `{masks_name(run_dir)}`: {error}")
         return None
 
 
 def load_manifest(run_dir: Path) -> dict[str, Any] | None:
     try:
-        return rundata.read_manifest(run_dir)
+        return RunDirectory(run_dir).read_manifest()
     except rundata.RunDataError as error:
-        st.error(f"Cannot read `{rundata.MANIFEST}`: {error}")
+        st.error(f"Cannot read `{MANIFEST}`: {error}")
         return None
 
 
@@ -146,7 +166,7 @@ def select_run(root: Path, runs: pd.DataFrame) -> Path | None:
 def run_header(run_dir: Path, manifest: dict[str, Any] | None) -> None:
     st.caption(f"Run `{run_dir.name}` in `{run_dir.parent}`")
     if manifest is None:
-        st.warning("This run has no manifest.json yet: showing whatever files exist.")
+        st.warning(f"This run has no {MANIFEST} yet: showing whatever files exist.")
         return
     status = manifest.get("status", "unknown")
     if status == "running":
@@ -191,55 +211,54 @@ def page_runs(root: Path) -> None:
 
 def page_overview(run_dir: Path) -> None:
     st.title("Overview")
-    summary = load_csv(run_dir, "summary.csv")
-    clean = load_csv(run_dir, "clean.csv")
-
-    st.subheader("Clean accuracy")
-    if clean is None and summary is not None:
-        clean = summary[(summary["level"] == "family") & (summary["family"] == "clean")]
-    if clean is None or clean.empty:
-        missing("clean accuracy", "clean.csv")
-    else:
-        show_chart(charts.clean_accuracy_chart, clean)
-        table = clean[["variant", "attribute", "n", "accuracy", "ci_low", "ci_high"]].copy()
-        table["95% CI"] = [
-            ci_text(lo, hi) for lo, hi in zip(table.ci_low, table.ci_high, strict=True)
-        ]
-        st.dataframe(table, hide_index=True)
-
+    summary = load_csv(run_dir, SUMMARY)
+    overview_clean(summary, load_csv(run_dir, CLEAN))
     st.subheader("Headline: emphasized − normal")
     if summary is None:
-        missing("summary", "summary.csv")
+        missing("summary", SUMMARY)
         return
+    overview_headline(summary)
+    overview_errors(summary)
+
+
+def overview_clean(summary: pd.DataFrame | None, clean: pd.DataFrame | None) -> None:
+    """Clean accuracy per variant and attribute (from clean.csv, else the summary's rows)."""
+    st.subheader("Clean accuracy")
+    if clean is None and summary is not None:
+        clean = summary[(summary["level"] == "family") & (summary["family"] == Family.CLEAN)]
+    if clean is None or clean.empty:
+        missing("clean accuracy", CLEAN)
+        return
+    show_chart(charts.clean_accuracy_chart, clean)
+    table = clean[["variant", "attribute", "n", "accuracy", "ci_low", "ci_high"]].copy()
+    table["95% CI"] = [ci_text(lo, hi) for lo, hi in zip(table.ci_low, table.ci_high, strict=True)]
+    st.dataframe(table, hide_index=True)
+
+
+def overview_headline(summary: pd.DataFrame) -> None:
+    """The paired differences emphasized − normal per family, chart and table."""
     show_chart(charts.headline_chart, summary)
+    families = [Family.NOISE, Family.CORRUPTION, Family.ADVERSARIAL, Family.TRANSFER]
     heads = summary[
         (summary["level"] == "family")
-        & summary["family"].isin(["noise", "corruption", "adversarial", "transfer"])
+        & summary["family"].isin(families)
         & summary["difference"].notna()
     ]
-    if not heads.empty:
-        table = heads[
-            [
-                "family",
-                "variant",
-                "attribute",
-                "accuracy",
-                "difference",
-                "diff_ci_low",
-                "diff_ci_high",
-                "mcnemar_p",
-            ]
-        ].copy()
-        table["difference 95% CI"] = [
-            ci_text(lo, hi, "+.4f")
-            for lo, hi in zip(table.diff_ci_low, table.diff_ci_high, strict=True)
-        ]
-        st.dataframe(table, hide_index=True)
+    if heads.empty:
+        return
+    columns = ["family", "variant", "attribute", "accuracy", "difference"]
+    table = heads[[*columns, "diff_ci_low", "diff_ci_high", "mcnemar_p"]].copy()
+    bounds = zip(table.diff_ci_low, table.diff_ci_high, strict=True)
+    table["difference 95% CI"] = [ci_text(lo, hi, "+.4f") for lo, hi in bounds]
+    st.dataframe(table, hide_index=True)
 
+
+def overview_errors(summary: pd.DataFrame) -> None:
+    """mCE and relative mCE per variant (mean over attributes), then per attribute."""
     st.subheader("Corruption error (mCE, normal = 1.0)")
     errors = charts.corruption_errors(summary)
     if errors.empty:
-        missing("corruption errors", "summary.csv")
+        missing("corruption errors", SUMMARY)
         return
     pooled = errors.groupby("variant", as_index=False)[["mce", "relative_mce"]].mean()
     columns = st.columns(max(1, len(pooled)))
@@ -269,14 +288,14 @@ def _filters(summary: pd.DataFrame, key: str) -> pd.DataFrame:
 
 def page_noise(run_dir: Path) -> None:
     st.title("Noise and corruptions")
-    summary = load_csv(run_dir, "summary.csv")
+    summary = load_csv(run_dir, SUMMARY)
     if summary is None:
-        missing("noise or corruption results", "summary.csv")
+        missing("noise or corruption results", SUMMARY)
         return
-    frame = _filters(summary, "noise")
+    frame = _filters(summary, Family.NOISE)
     st.subheader("Noise: accuracy vs strength")
-    show_chart(charts.strength_curves_chart, frame, "noise")
-    auc = frame[(frame["level"] == "perturbation") & (frame["family"] == "noise")]
+    show_chart(charts.strength_curves_chart, frame, Family.NOISE)
+    auc = frame[(frame["level"] == "perturbation") & (frame["family"] == Family.NOISE)]
     if not auc.empty:
         st.caption("Normalised area under accuracy vs noise strength (AUC):")
         st.dataframe(
@@ -284,19 +303,19 @@ def page_noise(run_dir: Path) -> None:
             hide_index=True,
         )
     st.subheader("Corruptions: accuracy vs severity")
-    show_chart(charts.strength_curves_chart, frame, "corruption")
+    show_chart(charts.strength_curves_chart, frame, Family.CORRUPTION)
     st.subheader("Corruptions: accuracy difference vs normal, corruption × severity")
-    show_chart(charts.difference_heatmap, frame, "corruption")
+    show_chart(charts.difference_heatmap, frame, Family.CORRUPTION)
 
 
 def page_adversarial(run_dir: Path) -> None:
     st.title("Adversarial")
-    summary = load_csv(run_dir, "summary.csv")
-    results = load_csv(run_dir, "results.csv")
+    summary = load_csv(run_dir, SUMMARY)
+    results = load_csv(run_dir, RESULTS)
 
     st.subheader("Sanity checklist (Carlini et al., 2019)")
     if summary is None:
-        missing("sanity flags", "summary.csv")
+        missing("sanity flags", SUMMARY)
     else:
         sanity = charts.sanity_table(summary)
         checks = [c for c in sanity.columns if c.startswith("sanity_") and c != "sanity_all"]
@@ -317,11 +336,11 @@ def page_adversarial(run_dir: Path) -> None:
     st.subheader("Robust accuracy vs ε")
     source = summary if summary is not None else results
     if source is None:
-        missing("adversarial results", "summary.csv")
+        missing("adversarial results", SUMMARY)
     else:
         show_chart(charts.robust_accuracy_chart, source)
     if results is None:
-        missing("per-job results", "results.csv")
+        missing("per-job results", RESULTS)
         return
     st.subheader("Median minimal perturbation")
     show_chart(charts.median_distance_chart, results)
@@ -334,17 +353,17 @@ def page_adversarial(run_dir: Path) -> None:
 
 def page_attention(run_dir: Path) -> None:
     st.title("Attention")
-    importance = load_csv(run_dir, "importance.csv")
+    importance = load_csv(run_dir, IMPORTANCE)
     st.subheader("Channel importance")
     if importance is None:
-        missing("channel importance", "importance.csv")
+        missing("channel importance", IMPORTANCE)
     else:
         show_chart(charts.importance_heatmap, importance)
 
     st.subheader("Sample attention masks")
     samples = load_masks(run_dir)
     if samples is None or not samples.masks:
-        missing("mask samples", str(rundata.MASKS))
+        missing("mask samples", masks_name(run_dir))
     else:
         mask_gallery(samples, importance)
 
@@ -354,19 +373,19 @@ def page_attention(run_dir: Path) -> None:
 
 def drift_view(run_dir: Path) -> None:
     """drift.csv: how far each perturbation moves the masks, per variant (optional file)."""
-    if not (run_dir / "drift.csv").is_file():
+    if not (run_dir / DRIFT).is_file():
         st.info(
-            "No attention drift in this run (`drift.csv` is missing): runs evaluated before "
+            f"No attention drift in this run (`{DRIFT}` is missing): runs evaluated before "
             "drift was measured lack it, and a running sweep writes it at the end."
         )
         return
-    drift = load_csv(run_dir, "drift.csv")
+    drift = load_csv(run_dir, DRIFT)
     if drift is None:
         return
     if drift.empty:
         st.info(
-            "`drift.csv` has no rows: the run has no noise, corruption or fixed-ε attack job, "
-            "or its part files predate drift (move `parts/` aside and rerun `iamt evaluate`)."
+            f"`{DRIFT}` has no rows: the run has no noise, corruption or fixed-ε attack job, "
+            f"or its part files predate drift (move `{PARTS}/` aside and rerun `iamt evaluate`)."
         )
         return
     left, middle, right = st.columns(3)
@@ -452,30 +471,30 @@ def page_info(run_dir: Path, manifest: dict[str, Any] | None) -> None:
     st.title("Run info")
     st.subheader("Resolved config")
     try:
-        config = rundata.read_config_text(run_dir)
+        config = RunDirectory(run_dir).read_config_text()
     except rundata.RunDataError as error:
-        st.error(f"Cannot read `{rundata.CONFIG}`: {error}")
+        st.error(f"Cannot read `{CONFIG}`: {error}")
         config = None
     if config is None:
-        missing("config", rundata.CONFIG)
+        missing("config", CONFIG)
     else:
         st.code(config, language="yaml")
     st.subheader("Manifest")
     if manifest is None:
-        missing("manifest", rundata.MANIFEST)
+        missing("manifest", MANIFEST)
     else:
         st.json(manifest, expanded=False)
     st.subheader("Failures")
-    failures = load_csv(run_dir, "failures.csv")
+    failures = load_csv(run_dir, FAILURES)
     if failures is None:
-        missing("failure records", "failures.csv")
+        missing("failure records", FAILURES)
     elif failures.empty:
         st.success("No failed jobs.")
     else:
         st.error(f"{len(failures)} job(s) failed:")
         st.dataframe(failures, hide_index=True)
     st.subheader("Downloads")
-    for filename in rundata.KNOWN_CSVS:
+    for filename in KNOWN_CSVS:
         path = run_dir / filename
         if path.is_file():
             st.download_button(

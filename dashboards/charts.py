@@ -14,12 +14,14 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from iamt.rundir import DRIFT
+from iamt.vocabulary import IDENTITY, NORMAL, Family, StrengthAxis
+
 Chart: TypeAlias = alt.Chart | alt.LayerChart | alt.FacetChart | alt.VConcatChart
 
 ACCURACY = "accuracy (fraction)"
 ROBUST_ACCURACY = "robust accuracy (fraction)"
 DIFFERENCE = "accuracy difference, variant − normal (fraction)"
-NORMAL = "normal"
 
 # Attacks whose ε (or minimal distance) is an L∞ distance; every other attack is L2
 # (fgsm and the BIM/PGD/FMN/AutoAttack L∞ variants vs DeepFool, C&W, L2 PGD, Boundary).
@@ -60,7 +62,7 @@ def clean_accuracy_chart(clean: pd.DataFrame) -> Chart:
     if "level" in frame.columns:
         frame = frame[frame["level"] == "family"]
     if "family" in frame.columns:
-        frame = frame[frame["family"] == "clean"]
+        frame = frame[frame["family"] == Family.CLEAN]
     if frame.empty:
         return _empty("no clean accuracy yet")
     tooltip = [
@@ -101,7 +103,8 @@ def _difference_tooltips() -> list[alt.Tooltip]:
 
 
 def headline_chart(
-    summary: pd.DataFrame, families: tuple[str, ...] = ("noise", "corruption", "adversarial")
+    summary: pd.DataFrame,
+    families: tuple[str, ...] = (Family.NOISE, Family.CORRUPTION, Family.ADVERSARIAL),
 ) -> Chart:
     """Emphasized − normal accuracy per family (panel) and attribute (x), bootstrap 95% CI bars,
     McNemar p in the tooltip, a rule at zero. `summary`: summary.csv (level 'family' is used)."""
@@ -130,18 +133,26 @@ def headline_chart(
     return (
         alt.layer(zero, errors, points, data=frame)
         .properties(width=alt.Step(30), height=240)
-        .facet(column=alt.Column("family:N", title="family", sort=list(families)))
+        .facet(column=alt.Column("family:N", title="family", sort=[str(f) for f in families]))
         .properties(title="Emphasized − normal accuracy (bootstrap 95% CI; McNemar p in tooltip)")
     )
 
 
+_STRENGTH_TITLES = {
+    StrengthAxis.SEVERITY: "severity (ImageNet-C level, 1–5)",
+    StrengthAxis.EPSILON: "noise strength (σ / fraction / half-width, [0,1] pixel units)",
+}
+
+
 def _strength_axis(family: str) -> tuple[str, str]:
-    if family == "corruption":
-        return "severity", "severity (ImageNet-C level, 1–5)"
-    return "epsilon", "noise strength (σ / fraction / half-width, [0,1] pixel units)"
+    """The column that holds a family's strengths, and its axis title."""
+    axis = StrengthAxis.of_family(family)
+    return axis.column, _STRENGTH_TITLES[axis]
 
 
-def strength_curves_chart(summary: pd.DataFrame, family: str = "noise", columns: int = 5) -> Chart:
+def strength_curves_chart(
+    summary: pd.DataFrame, family: str = Family.NOISE, columns: int = 5
+) -> Chart:
     """Accuracy vs strength per perturbation (panel), one line per variant with its 95% CI band.
 
     `summary`: summary.csv; the level 'condition' rows of `family` ('noise' or 'corruption')
@@ -177,12 +188,12 @@ def strength_curves_chart(summary: pd.DataFrame, family: str = "noise", columns:
     return (
         alt.layer(band, line, data=frame)
         .properties(width=150, height=120)
-        .facet(facet=alt.Facet("perturbation:N", title=family), columns=columns)
+        .facet(facet=alt.Facet("perturbation:N", title=str(family)), columns=columns)
         .properties(title=f"Accuracy vs {x_field} per {family} (95% CI band)")
     )
 
 
-def difference_heatmap(summary: pd.DataFrame, family: str = "corruption") -> Chart:
+def difference_heatmap(summary: pd.DataFrame, family: str = Family.CORRUPTION) -> Chart:
     """Accuracy difference (variant − normal) over perturbation (rows) × severity (columns),
     one panel per variant and attribute; McNemar p in the tooltip. Uses level 'condition'."""
     frame = _rows(summary, level="condition", family=family)
@@ -201,7 +212,7 @@ def difference_heatmap(summary: pd.DataFrame, family: str = "corruption") -> Cha
         .mark_rect()
         .encode(
             x=alt.X(f"{x_field}:O", title=x_title),
-            y=alt.Y("perturbation:N", title=family),
+            y=alt.Y("perturbation:N", title=str(family)),
             color=alt.Color(
                 "difference:Q",
                 title=DIFFERENCE,
@@ -221,7 +232,7 @@ def _adversarial_conditions(frame: pd.DataFrame) -> pd.DataFrame:
     """White-box rows per (attack, variant, ε): from summary 'condition' rows or results rows."""
     if "level" in frame.columns:
         frame = frame[frame["level"] == "condition"]
-    frame = frame[frame["family"] == "adversarial"].dropna(subset=["epsilon", "accuracy"])
+    frame = frame[frame["family"] == Family.ADVERSARIAL].dropna(subset=["epsilon", "accuracy"])
     if "correct" in frame.columns:  # results.csv: pool the shards of one condition
         frame = frame.groupby(["perturbation", "variant", "epsilon"], as_index=False)[
             ["n", "correct", "accuracy", "ci_low", "ci_high"]
@@ -284,7 +295,8 @@ def median_distance_chart(results: pd.DataFrame) -> Chart:
     (x) and variant (colour). `results`: results.csv (rows with a median_distance). An infinite
     median (the attack failed on half of the samples or more) is shown as a note in the tooltip
     and left out of the bars."""
-    frame = results[(results["family"] == "adversarial") & results["median_distance"].notna()]
+    adversarial = results["family"] == Family.ADVERSARIAL
+    frame = results[adversarial & results["median_distance"].notna()]
     if frame.empty:
         return _empty("no minimisation attack results yet")
     # The distance is per sample, not per ε: one value per (attack, variant, attribute).
@@ -327,11 +339,13 @@ def transfer_matrix(results: pd.DataFrame) -> pd.DataFrame:
     """Robust accuracy per (attack, source variant, target variant), pooled over ε, shards and
     the attributes present: transfer rows plus the white-box diagonal (source == target)."""
     columns = ["perturbation", "source_variant", "variant", "n", "correct", "accuracy"]
-    transfer = results[results["family"] == "transfer"]
+    transfer = results[results["family"] == Family.TRANSFER]
     if transfer.empty:
         return pd.DataFrame(columns=columns)
     attacks = set(transfer["perturbation"])
-    white = results[(results["family"] == "adversarial") & results["perturbation"].isin(attacks)]
+    white = results[
+        (results["family"] == Family.ADVERSARIAL) & results["perturbation"].isin(attacks)
+    ]
     white = white.assign(source_variant=white["variant"])
     both = pd.concat([transfer, white], ignore_index=True)
     pooled = both.groupby(["perturbation", "source_variant", "variant"], as_index=False)[
@@ -454,7 +468,7 @@ def drift_chart(
     averaged over the attributes present unless `attribute` picks one (n-weighted)."""
     frame = drift_curves(drift, measure=measure, family=family, attribute=attribute)
     if frame.empty:
-        return _empty("no attention drift yet (drift.csv)")
+        return _empty(f"no attention drift yet ({DRIFT})")
     frame["panel"] = frame["family"] + ": " + frame["perturbation"]
     title = DRIFT_MEASURES[measure]
     tooltip = [
@@ -489,14 +503,14 @@ def drift_chart(
 def sanity_table(summary: pd.DataFrame) -> pd.DataFrame:
     """The sanity checklist per variant and attribute (level 'family', family 'adversarial'):
     one boolean column per check; missing checks stay <NA>."""
-    frame = _rows(summary, level="family", family="adversarial")
+    frame = _rows(summary, level="family", family=Family.ADVERSARIAL)
     columns = [c for c in summary.columns if c.startswith("sanity_")]
     return frame[["variant", "attribute", *columns]].reset_index(drop=True)
 
 
 def corruption_errors(summary: pd.DataFrame) -> pd.DataFrame:
     """mCE and relative mCE per variant and attribute (level 'family', family 'corruption')."""
-    frame = _rows(summary, level="family", family="corruption")
+    frame = _rows(summary, level="family", family=Family.CORRUPTION)
     return frame[["variant", "attribute", "mce", "relative_mce"]].reset_index(drop=True)
 
 
@@ -506,7 +520,7 @@ def pareto_chart(search: pd.DataFrame) -> Chart:
     if search.empty:
         return _empty("no search trials")
     frame = search.copy()
-    for column in ("pareto", "chosen"):  # read back from CSV as text or bool
+    for column in ("pareto", "chosen"):  # booleans as read_csv types them (<NA>: False)
         frame[column] = frame[column].astype(str).str.lower() == "true"
     frame["on the front"] = frame["pareto"].map({True: "Pareto front", False: "dominated"})
     tooltip = [
@@ -534,7 +548,7 @@ def pareto_chart(search: pd.DataFrame) -> Chart:
         .encode(x=x, y=y, tooltip=tooltip)
     )
     labels = (
-        alt.Chart(frame[frame["chosen"] | (frame["spec"] == "identity")])
+        alt.Chart(frame[frame["chosen"] | (frame["spec"] == IDENTITY)])
         .mark_text(align="left", dx=10, dy=-8)
         .encode(x=x, y=y, text="spec:N")
     )

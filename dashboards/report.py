@@ -8,22 +8,35 @@ vl-convert. `report.html` is self-contained apart from `plots/*.png` beside it.
 from __future__ import annotations
 
 import html
-import json
 import math
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import altair as alt
 import numpy as np
 import pandas as pd
-import yaml
 from scipy.stats import t as student_t
 
 from dashboards import charts
-from dashboards.rundata import RunDataError, read_csv, read_manifest
 from dashboards.verdict import verdict
 from iamt.io import write_text  # pandas and the standard library only: no torch
+from iamt.rundir import (
+    CLEAN,
+    DRIFT,
+    FAILURES,
+    IMPORTANCE,
+    MANIFEST,
+    PLOTS,
+    RESULTS,
+    SEARCH_REPORT,
+    SEARCH_TABLE,
+    SUMMARY,
+    RunDataError,
+    RunDirectory,
+)
+from iamt.vocabulary import NORMAL, Engine, Family
 
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
@@ -67,7 +80,7 @@ def _save(chart: alt.TopLevelMixin, path: Path) -> str:
     temporary = path.with_name(f".{path.name}.tmp.png")
     chart.save(str(temporary), scale_factor=1.5)
     temporary.replace(path)
-    return f'<img src="plots/{html.escape(path.name)}" alt="{html.escape(path.stem)}">'
+    return f'<img src="{PLOTS}/{html.escape(path.name)}" alt="{html.escape(path.stem)}">'
 
 
 def _plot(
@@ -82,10 +95,6 @@ def _plot(
     return "" if chart is None else _save(chart, plots / f"{name}.png")
 
 
-def _optional_csv(path: Path) -> pd.DataFrame | None:
-    return read_csv(path) if path.is_file() else None
-
-
 def _headline(summary: pd.DataFrame) -> pd.DataFrame:
     family = summary[(summary["level"] == "family") & summary["difference"].notna()]
     columns = ["variant", "family", "attribute", "n", "accuracy", "difference"]
@@ -97,13 +106,13 @@ def _engines(results: pd.DataFrame | None) -> str:
     """Which implementation corrupted the images, per corruption (the `engine` column)."""
     if results is None or "engine" not in results.columns:
         return "imagecorruptions (reference)"
-    corrupted = results[results["family"] == "corruption"]
+    corrupted = results[results["family"] == Family.CORRUPTION]
     if corrupted.empty:
         return "none run"
     by_engine = corrupted.groupby("engine")["perturbation"].unique()
     labels = {
-        "native": "native torch port (passed the fidelity gate against imagecorruptions)",
-        "reference": "imagecorruptions (reference, per image)",
+        Engine.NATIVE: "native torch port (passed the fidelity gate against imagecorruptions)",
+        Engine.REFERENCE: "imagecorruptions (reference, per image)",
     }
     return "; ".join(
         f"{labels.get(engine, engine)}: {', '.join(sorted(names))}"
@@ -214,9 +223,9 @@ def drift_stability(drift: pd.DataFrame) -> pd.DataFrame:
     columns = ["variant", "family", "pairs", "mask_cosine", "normal_mask_cosine"]
     columns += ["difference", "ci_low", "ci_high"]
     values = drift.dropna(subset=["mask_cosine"])
-    normal = values[values["variant"] == charts.NORMAL].set_index(DRIFT_PAIR)["mask_cosine"]
+    normal = values[values["variant"] == NORMAL].set_index(DRIFT_PAIR)["mask_cosine"]
     rows = []
-    for variant in sorted(set(values["variant"]) - {charts.NORMAL}):
+    for variant in sorted(set(values["variant"]) - {NORMAL}):
         mine = values[values["variant"] == variant].set_index(DRIFT_PAIR)
         paired = mine[["family", "mask_cosine"]].join(normal.rename("normal"), how="inner")
         for family in ["all", *sorted(paired["family"].unique())]:
@@ -273,9 +282,9 @@ def _drift_section(drift: pd.DataFrame | None, plots: Path, notes: list[str]) ->
     masks more stable under perturbation."""
     heading = "<h3>Attention drift: does emphasis make the masks more stable?</h3>"
     if drift is None:
-        return [heading, "<p>This run has no drift.csv (evaluated before drift existed).</p>"]
+        return [heading, f"<p>This run has no {DRIFT} (evaluated before drift existed).</p>"]
     if drift.empty:
-        return [heading, "<p>drift.csv has no rows (no noise, corruption or ε attack).</p>"]
+        return [heading, f"<p>{DRIFT} has no rows (no noise, corruption or ε attack).</p>"]
     stability = drift_stability(drift)
     return [
         heading,
@@ -303,127 +312,202 @@ def _drift_display(stability: pd.DataFrame) -> pd.DataFrame:
     return shown
 
 
-def write_report(run_dir: Path) -> Path:
-    """Write `run_dir/report.html` and `run_dir/plots/*.png`; returns the report's path."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "manifest.json").is_file():
-        raise RunDataError(f"{run_dir} is not a run directory (no manifest.json)")
-    manifest = read_manifest(run_dir) or {}
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    summary = _optional_csv(run_dir / "summary.csv")
-    clean = _optional_csv(run_dir / "clean.csv")
-    importance = _optional_csv(run_dir / "importance.csv")
-    failures = _optional_csv(run_dir / "failures.csv")
-    results = _optional_csv(run_dir / "results.csv")
-    search_table = _optional_csv(run_dir / "search.csv")
-    search_path = run_dir / "search.json"
-    search = json.loads(search_path.read_text()) if search_path.is_file() else None
-    plots = run_dir / "plots"
-    notes: list[str] = []
+@dataclass(frozen=True)
+class RunFiles:
+    """What the report reads from a run directory: every file but the manifest is optional."""
 
-    sections = [
-        f"<h1>Robustness report: {html.escape(str(manifest.get('name', run_dir.name)))}</h1>",
+    run: RunDirectory
+    manifest: dict[str, Any]
+    config: dict[str, Any]
+    summary: pd.DataFrame | None
+    clean: pd.DataFrame | None
+    importance: pd.DataFrame | None
+    failures: pd.DataFrame | None
+    results: pd.DataFrame | None
+    search_table: pd.DataFrame | None
+    search: dict[str, Any] | None
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest.get("name", self.run.root.name))
+
+
+def read_run(run_dir: Path) -> RunFiles:
+    """Read the files of a run; RunDataError when `run_dir` is no run or a file is malformed."""
+    run = RunDirectory(run_dir)
+    if not run.manifest.is_file():
+        raise RunDataError(f"{run.root} is not a run directory (no {MANIFEST})")
+    return RunFiles(
+        run=run,
+        manifest=run.read_manifest() or {},
+        config=run.read_config() or {},
+        summary=run.read_csv(SUMMARY),
+        clean=run.read_csv(CLEAN),
+        importance=run.read_csv(IMPORTANCE),
+        failures=run.read_csv(FAILURES),
+        results=run.read_csv(RESULTS),
+        search_table=run.read_csv(SEARCH_TABLE),
+        search=run.read_json(SEARCH_REPORT),
+    )
+
+
+@dataclass
+class Canvas:
+    """Where the report's plots go, and the notes on the charts that could not be drawn."""
+
+    plots: Path
+    notes: list[str] = field(default_factory=list)
+
+    def plot(self, name: str, build: Callable[[], alt.TopLevelMixin | None]) -> str:
+        return _plot(name, build, self.plots, self.notes)
+
+
+def _header(files: RunFiles) -> list[str]:
+    manifest = files.manifest
+    return [
+        f"<h1>Robustness report: {html.escape(files.name)}</h1>",
         f'<p class="meta">status {_fmt(manifest.get("status"))} · dataset '
         f"{_fmt(manifest.get('dataset'))} · created {_fmt(manifest.get('created'))} · "
         f"git {_fmt((manifest.get('environment') or {}).get('git_sha'))}</p>",
     ]
-    if clean is not None:
-        sections += ["<h2>Clean accuracy (test split)</h2>"]
-        sections.append(
-            _plot("clean_accuracy", lambda: charts.clean_accuracy_chart(clean), plots, notes)
-        )
-        sections.append(
-            _table(
-                clean[["variant", "transform", "attribute", "n", "accuracy", "ci_low", "ci_high"]],
-                ["variant", "transform", "attribute"],
-            )
-        )
-    if summary is not None and not summary.empty:
-        headline = _headline(summary)
-        sections += [
-            "<h2>Does emphasis help? Emphasized − normal</h2>",
-            f"<p><b>Verdict.</b> {html.escape(verdict(summary, search))}</p>",
-            "<p>Accuracy difference on the same images, pooled over each family, with its "
-            "95% bootstrap CI and McNemar p. A CI that contains 0 is no significant "
-            "difference. The model was trained on the train split; channel importance and "
-            "the emphasis search used the validation split; every number in this section is "
-            "on the test split.</p>",
-            _plot("headline", lambda: charts.headline_chart(summary), plots, notes),
-            _table(headline, ["variant", "family", "attribute"]),
-            _sanity_line(summary),
-            *_search_section(search_table, search, plots, notes),
-            *_drift_section(_optional_csv(run_dir / "drift.csv"), plots, notes),
-            "<h2>Noise and corruptions</h2>",
-            _plot(
-                "noise_curves", lambda: charts.strength_curves_chart(summary, "noise"), plots, notes
-            ),
-            _plot(
-                "corruption_curves",
-                lambda: charts.strength_curves_chart(summary, "corruption"),
-                plots,
-                notes,
-            ),
-            _plot(
-                "corruption_heatmap",
-                lambda: charts.difference_heatmap(summary, "corruption"),
-                plots,
-                notes,
-            ),
-        ]
-        mce = summary[(summary["level"] == "family") & summary["mce"].notna()]
-        if not mce.empty:
-            sections.append(
-                _table(
-                    mce[["variant", "attribute", "mce", "relative_mce"]],
-                    ["variant", "attribute"],
-                )
-            )
-        sections += [
-            "<h2>Adversarial robustness</h2>",
-            _plot("robust_accuracy", lambda: charts.robust_accuracy_chart(summary), plots, notes),
-        ]
-        if results is not None:
-            sections += [
-                _plot(
-                    "median_distance",
-                    lambda: charts.median_distance_chart(results),
-                    plots,
-                    notes,
-                ),
-                "<h3>Transfer: robust accuracy of target variants on adversarials crafted on "
-                "source variants</h3>",
-                _plot(
-                    "transfer_matrix", lambda: charts.transfer_matrix_chart(results), plots, notes
-                ),
-            ]
-        sanity_columns = [c for c in summary.columns if c.startswith("sanity_")]
-        sanity = summary[(summary["level"] == "family") & (summary["family"] == "adversarial")]
-        if not sanity.empty:
-            sections += ["<h3>Sanity checklist (Carlini et al. 2019)</h3>"]
-            sections.append(
-                _table(sanity[["variant", "attribute", *sanity_columns]], ["variant", "attribute"])
-            )
-    if importance is not None:
-        sections += ["<h2>Channel importance</h2>"]
-        sections.append(
-            _plot("importance", lambda: charts.importance_heatmap(importance), plots, notes)
-        )
-    if failures is not None and not failures.empty:
-        sections += [
-            '<h2 class="fail">Failed jobs</h2>',
-            _table(failures[["job_id", "error", "attempts"]], ["job_id", "error"]),
-        ]
-    sections += ["<h2>Methods</h2>", _methods(config, manifest, results)]
-    if notes:
-        sections += ["<h2>Notes</h2>", "<ul>"]
-        sections += [f"<li>{html.escape(note)}</li>" for note in notes]
-        sections += ["</ul>"]
 
-    page = (
+
+def _clean_section(clean: pd.DataFrame | None, canvas: Canvas) -> list[str]:
+    if clean is None:
+        return []
+    return [
+        "<h2>Clean accuracy (test split)</h2>",
+        canvas.plot("clean_accuracy", lambda: charts.clean_accuracy_chart(clean)),
+        _table(
+            clean[["variant", "transform", "attribute", "n", "accuracy", "ci_low", "ci_high"]],
+            ["variant", "transform", "attribute"],
+        ),
+    ]
+
+
+def _verdict_section(files: RunFiles, summary: pd.DataFrame, canvas: Canvas) -> list[str]:
+    """Does emphasis help? The verdict, the paired differences, the search and the drift."""
+    return [
+        "<h2>Does emphasis help? Emphasized − normal</h2>",
+        f"<p><b>Verdict.</b> {html.escape(verdict(summary, files.search))}</p>",
+        "<p>Accuracy difference on the same images, pooled over each family, with its "
+        "95% bootstrap CI and McNemar p. A CI that contains 0 is no significant "
+        "difference. The model was trained on the train split; channel importance and "
+        "the emphasis search used the validation split; every number in this section is "
+        "on the test split.</p>",
+        canvas.plot("headline", lambda: charts.headline_chart(summary)),
+        _table(_headline(summary), ["variant", "family", "attribute"]),
+        _sanity_line(summary),
+        *_search_section(files.search_table, files.search, canvas.plots, canvas.notes),
+        *_drift_section(files.run.read_csv(DRIFT), canvas.plots, canvas.notes),
+    ]
+
+
+def _perturbation_section(summary: pd.DataFrame, canvas: Canvas) -> list[str]:
+    """Noise and corruptions: accuracy against strength, the difference heatmap and mCE."""
+    sections = [
+        "<h2>Noise and corruptions</h2>",
+        canvas.plot("noise_curves", lambda: charts.strength_curves_chart(summary, Family.NOISE)),
+        canvas.plot(
+            "corruption_curves",
+            lambda: charts.strength_curves_chart(summary, Family.CORRUPTION),
+        ),
+        canvas.plot(
+            "corruption_heatmap", lambda: charts.difference_heatmap(summary, Family.CORRUPTION)
+        ),
+    ]
+    mce = summary[(summary["level"] == "family") & summary["mce"].notna()]
+    if not mce.empty:
+        sections.append(
+            _table(mce[["variant", "attribute", "mce", "relative_mce"]], ["variant", "attribute"])
+        )
+    return sections
+
+
+def _adversarial_section(
+    summary: pd.DataFrame, results: pd.DataFrame | None, canvas: Canvas
+) -> list[str]:
+    """Robust accuracy, minimal perturbations, transfer and the sanity checklist."""
+    sections = [
+        "<h2>Adversarial robustness</h2>",
+        canvas.plot("robust_accuracy", lambda: charts.robust_accuracy_chart(summary)),
+    ]
+    if results is not None:
+        sections += [
+            canvas.plot("median_distance", lambda: charts.median_distance_chart(results)),
+            "<h3>Transfer: robust accuracy of target variants on adversarials crafted on "
+            "source variants</h3>",
+            canvas.plot("transfer_matrix", lambda: charts.transfer_matrix_chart(results)),
+        ]
+    sanity_columns = [c for c in summary.columns if c.startswith("sanity_")]
+    sanity = summary[(summary["level"] == "family") & (summary["family"] == Family.ADVERSARIAL)]
+    if not sanity.empty:
+        sections += [
+            "<h3>Sanity checklist (Carlini et al. 2019)</h3>",
+            _table(sanity[["variant", "attribute", *sanity_columns]], ["variant", "attribute"]),
+        ]
+    return sections
+
+
+def _summary_sections(files: RunFiles, canvas: Canvas) -> list[str]:
+    """Everything read from summary.csv; nothing while the sweep has not summarised yet."""
+    summary = files.summary
+    if summary is None or summary.empty:
+        return []
+    return [
+        *_verdict_section(files, summary, canvas),
+        *_perturbation_section(summary, canvas),
+        *_adversarial_section(summary, files.results, canvas),
+    ]
+
+
+def _importance_section(importance: pd.DataFrame | None, canvas: Canvas) -> list[str]:
+    if importance is None:
+        return []
+    return [
+        "<h2>Channel importance</h2>",
+        canvas.plot("importance", lambda: charts.importance_heatmap(importance)),
+    ]
+
+
+def _failures_section(failures: pd.DataFrame | None) -> list[str]:
+    if failures is None or failures.empty:
+        return []
+    return [
+        '<h2 class="fail">Failed jobs</h2>',
+        _table(failures[["job_id", "error", "attempts"]], ["job_id", "error"]),
+    ]
+
+
+def _notes_section(notes: list[str]) -> list[str]:
+    """The charts that could not be drawn, and why."""
+    if not notes:
+        return []
+    return ["<h2>Notes</h2>", "<ul>", *(f"<li>{html.escape(note)}</li>" for note in notes), "</ul>"]
+
+
+def _page(title: str, sections: list[str]) -> str:
+    return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>iamt report: {html.escape(str(manifest.get('name', run_dir.name)))}</title>"
+        f"<title>iamt report: {html.escape(title)}</title>"
         f"<style>{CSS}</style></head><body>{''.join(sections)}</body></html>\n"
     )
-    target = run_dir / "report.html"
-    write_text(target, page)
+
+
+def write_report(run_dir: Path) -> Path:
+    """Write `run_dir/report.html` and `run_dir/plots/*.png`; returns the report's path."""
+    files = read_run(run_dir)
+    canvas = Canvas(files.run.plots)
+    sections = [
+        *_header(files),
+        *_clean_section(files.clean, canvas),
+        *_summary_sections(files, canvas),
+        *_importance_section(files.importance, canvas),
+        *_failures_section(files.failures),
+        "<h2>Methods</h2>",
+        _methods(files.config, files.manifest, files.results),
+    ]
+    sections += _notes_section(canvas.notes)  # last: the notes of every chart above
+    target = files.run.report
+    write_text(target, _page(files.name, sections))
     return target

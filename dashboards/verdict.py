@@ -14,8 +14,9 @@ from typing import Any
 
 import pandas as pd
 
-FAMILIES = ("noise", "corruption", "adversarial", "transfer")
-NORMAL = "normal"
+from iamt.vocabulary import NORMAL, Family
+
+FAMILIES = (Family.NOISE, Family.CORRUPTION, Family.ADVERSARIAL, Family.TRANSFER)
 
 
 class Outcome(StrEnum):
@@ -38,10 +39,10 @@ def _points(value: float) -> str:
 
 
 def _label(family: str) -> str:
-    labels = {
-        "corruption": "corruptions",
-        "adversarial": "adversarial attacks",
-        "transfer": "attacks crafted on the normal model (transfer)",
+    labels: dict[str, str] = {
+        Family.CORRUPTION: "corruptions",
+        Family.ADVERSARIAL: "adversarial attacks",
+        Family.TRANSFER: "attacks crafted on the normal model (transfer)",
     }
     return labels.get(family, family)
 
@@ -73,18 +74,56 @@ def family_sentence(variant: str, family: str, rows: pd.DataFrame) -> tuple[str,
     return f"Under {_label(family)}, {variant} is " + "; ".join(parts) + ".", overall
 
 
-def verdict(summary: pd.DataFrame, search: dict[str, Any] | None = None) -> str:
-    """The paragraph: one sentence per variant × family, a conclusion, and the caveats."""
+def _compared(summary: pd.DataFrame) -> pd.DataFrame:
+    """The family-level rows that pair an emphasized variant with the normal model."""
     needed = {"level", "variant", "family", "attribute", "difference", "diff_ci_low"}
     if not needed.issubset(summary.columns):
         summary = pd.DataFrame(columns=sorted(needed | {"diff_ci_high"}))
-    rows = summary[
+    return summary[
         (summary["level"] == "family")
         & summary["family"].isin(FAMILIES)
         & (summary["variant"] != NORMAL)
         & summary["difference"].notna()
         & summary["diff_ci_low"].notna()
     ]
+
+
+def _conclusion(variant: str, overall: list[tuple[str, Outcome | None]]) -> str:
+    """What one variant does, over the families: helps, hurts, mixed, or no difference."""
+    helped = [_label(family) for family, result in overall if result is Outcome.BETTER]
+    hurt = [_label(family) for family, result in overall if result is Outcome.WORSE]
+    mixed = [_label(family) for family, result in overall if result is None]
+    if not helped and not hurt and not mixed:
+        return f"{variant}: no significant difference from the normal model"
+    pieces = []
+    if helped:
+        pieces.append(f"helps under {', '.join(helped)}")
+    if hurt:
+        pieces.append(f"hurts under {', '.join(hurt)}")
+    if mixed:
+        pieces.append(f"helps some attributes and hurts others under {', '.join(mixed)}")
+    return f"{variant}: " + "; ".join(pieces)
+
+
+def _search_sentence(search: dict[str, Any], evaluated: set[str]) -> str:
+    """Where the searched transform came from, and whether the test split has judged it."""
+    chosen, name = search["chosen"], search.get("variant")
+    return (
+        f" The emphasis search chose {chosen['spec']} on the validation split "
+        f"(robustness gain {chosen['robustness_gain']:+.2f} points at a clean cost of "
+        f"{chosen['clean_cost']:+.2f} points); "
+        + (
+            f"the sentences on {name} above are its test-split result, on images the "
+            "search never saw."
+            if name in evaluated
+            else "it has not been evaluated on the test split yet."
+        )
+    )
+
+
+def verdict(summary: pd.DataFrame, search: dict[str, Any] | None = None) -> str:
+    """The paragraph: one sentence per variant × family, a conclusion, and the caveats."""
+    rows = _compared(summary)
     if rows.empty:
         return (
             "No paired comparison of an emphasized variant with the normal model is in this "
@@ -93,7 +132,7 @@ def verdict(summary: pd.DataFrame, search: dict[str, Any] | None = None) -> str:
     sentences: list[str] = []
     conclusions: list[str] = []
     for variant, by_variant in rows.groupby("variant", sort=True):
-        overall = []
+        overall: list[tuple[str, Outcome | None]] = []
         for family in FAMILIES:
             part = by_variant[by_variant["family"] == family].sort_values("attribute")
             if part.empty:
@@ -101,34 +140,10 @@ def verdict(summary: pd.DataFrame, search: dict[str, Any] | None = None) -> str:
             sentence, result = family_sentence(str(variant), family, part)
             sentences.append(sentence)
             overall.append((family, result))
-        helped = [_label(family) for family, result in overall if result is Outcome.BETTER]
-        hurt = [_label(family) for family, result in overall if result is Outcome.WORSE]
-        mixed = [_label(family) for family, result in overall if result is None]
-        if not helped and not hurt and not mixed:
-            conclusions.append(f"{variant}: no significant difference from the normal model")
-        else:
-            pieces = []
-            if helped:
-                pieces.append(f"helps under {', '.join(helped)}")
-            if hurt:
-                pieces.append(f"hurts under {', '.join(hurt)}")
-            if mixed:
-                pieces.append(f"helps some attributes and hurts others under {', '.join(mixed)}")
-            conclusions.append(f"{variant}: " + "; ".join(pieces))
+        conclusions.append(_conclusion(str(variant), overall))
     text = " ".join(sentences) + " In short, " + "; ".join(conclusions) + "."
     if search and search.get("chosen"):
-        chosen, name = search["chosen"], search.get("variant")
-        text += (
-            f" The emphasis search chose {chosen['spec']} on the validation split "
-            f"(robustness gain {chosen['robustness_gain']:+.2f} points at a clean cost of "
-            f"{chosen['clean_cost']:+.2f} points); "
-            + (
-                f"the sentences on {name} above are its test-split result, on images the "
-                "search never saw."
-                if name in set(rows["variant"])
-                else "it has not been evaluated on the test split yet."
-            )
-        )
+        text += _search_sentence(search, set(rows["variant"]))
     text += (
         " Each CI is for one attribute and family and is not corrected for multiple "
         "comparisons; differences are on the same test images (paired)."

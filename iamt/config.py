@@ -1,10 +1,12 @@
-"""Run configuration: pydantic models that reject unknown keys, plus `--set` overrides.
+"""Configuration of the model and the method, and the config machinery every layer uses.
 
-A config file is YAML. Every section has defaults, so `name:` alone is a valid config; see
-`configs/demo.yaml` for a commented example. `load_config(path, overrides)` is the single entry
-point: it parses the YAML, applies `key.path=value` overrides (each must name an existing key),
-and validates the result. Any mistake raises `ConfigError` naming the bad key or value and the
-valid choices, before any work starts.
+A config is YAML validated by pydantic models that reject unknown keys. Each section is defined
+beside the code it configures: here the data, model, training, importance and emphasis sections
+(`MethodConfig`); the robustness sweep and the emphasis search in `robustness/config.py`
+(`EvaluationConfig` extends `MethodConfig`); where things run in `cluster/config.py`, which
+assembles the whole `RunConfig` and its `load_config(path, overrides)`. Every section has
+defaults, so `name:` alone is a valid config (see `configs/demo.yaml`). Any mistake raises
+`ConfigError` naming the bad key or value and the valid choices, before any work starts.
 """
 
 from __future__ import annotations
@@ -12,15 +14,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    NonNegativeInt,
-    PositiveFloat,
     PositiveInt,
     ValidationError,
     model_validator,
@@ -119,265 +119,11 @@ class EmphasisConfig(Section):
     )
 
 
-def _check_strengths(name: str, strengths: Sequence[float]) -> None:
-    """Validate names and strengths against the perturbation registry (no work done yet)."""
-    from robustness.perturbations import PerturbationError, get_perturbation_class
+class MethodConfig(Section):
+    """The model and the method: what trains the normal model and derives its variants. The
+    evaluation (robustness/config.py) and the cluster (cluster/config.py) extend it; the
+    whole run config is `cluster.config.RunConfig`."""
 
-    try:
-        cls = get_perturbation_class(name)
-        if not strengths:
-            raise PerturbationError(f"{name}: the strength list is empty")
-        for strength in strengths:
-            cls.validate_strength(strength)
-    except PerturbationError as error:
-        raise ValueError(str(error)) from None
-
-
-def _check_family(names: list[str], family: str) -> None:
-    from robustness.perturbations import Family, list_perturbations
-
-    valid = list_perturbations(Family(family))
-    unknown = [name for name in names if name not in valid]
-    if unknown:
-        raise ValueError(f"unknown {family} name(s) {unknown}; valid: {', '.join(valid)}")
-
-
-class NoiseConfig(Section):
-    types: list[str] = Field(
-        default_factory=lambda: ["gaussian", "shot", "impulse", "speckle", "uniform"]
-    )
-    strengths: list[float] = Field(default_factory=lambda: [0.02, 0.05, 0.1, 0.2])
-    n_samples: PositiveInt = 1000
-
-    @model_validator(mode="after")
-    def _valid(self) -> NoiseConfig:
-        _check_family(self.types, "noise")
-        for name in self.types:
-            _check_strengths(name, self.strengths)
-        return self
-
-
-class EngineChoice(StrEnum):
-    AUTO = "auto"  # native where it passed the fidelity gate, else reference
-    REFERENCE = "reference"  # imagecorruptions, per image on the CPU
-    NATIVE = "native"  # the batched torch port, on the job's device
-
-
-class CorruptionConfig(Section):
-    names: list[str] | Literal["all"] = "all"
-    severities: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
-    n_samples: PositiveInt = 500
-    engine: EngineChoice = Field(EngineChoice.AUTO, description="which implementation corrupts")
-    engine_overrides: dict[str, EngineChoice] = Field(
-        default_factory=dict, description="per corruption name, e.g. {frost: reference}"
-    )
-
-    @model_validator(mode="after")
-    def _valid(self) -> CorruptionConfig:
-        names = self.resolved_names()
-        _check_family(names, "corruption")
-        for name in names:
-            _check_strengths(name, list(self.severities))
-        unknown = sorted(set(self.engine_overrides) - set(names))
-        if unknown:
-            raise ValueError(
-                f"engine_overrides names {unknown}, which are not among the sweep's "
-                f"corruptions: {', '.join(names)}"
-            )
-        for name in names:
-            self.engine_for(name)  # a native choice must exist
-        return self
-
-    def engine_for(self, name: str) -> str:
-        """'native' or 'reference' for corruption `name`."""
-        from robustness.perturbations.native import NATIVE_CORRUPTIONS, native_names
-
-        choice = self.engine_overrides.get(name, self.engine)
-        spec = NATIVE_CORRUPTIONS.get(name)
-        if choice is EngineChoice.AUTO:
-            return "native" if spec is not None and spec.default else "reference"
-        if choice is EngineChoice.NATIVE and spec is None:
-            raise ValueError(
-                f"corruption {name!r} has no native engine; native ones: "
-                f"{', '.join(native_names()) or '(none)'}"
-            )
-        return choice.value
-
-    def resolved_names(self) -> list[str]:
-        from robustness.perturbations import Family, list_perturbations
-
-        if self.names == "all":
-            return list_perturbations(Family.CORRUPTION)
-        return list(self.names)
-
-
-class AttackConfig(Section):
-    name: str
-    params: dict[str, Any] = Field(default_factory=dict)
-    epsilons: list[float] | None = Field(
-        None, description="default: robustness.attacks.linf_epsilons or l2_epsilons by norm"
-    )
-    n_samples: PositiveInt | None = Field(None, description="default: attacks.n_samples")
-
-
-class AttacksConfig(Section):
-    linf_epsilons: list[float] = Field(default_factory=lambda: [2 / 255, 4 / 255, 8 / 255])
-    l2_epsilons: list[float] = Field(default_factory=lambda: [0.25, 0.5, 1.0])
-    n_samples: PositiveInt = 200
-    transfer: bool = True
-    methods: list[AttackConfig] = Field(
-        default_factory=lambda: [AttackConfig(name="fgsm"), AttackConfig(name="linf_pgd")]
-    )
-
-    @model_validator(mode="after")
-    def _valid(self) -> AttacksConfig:
-        from robustness.perturbations import PerturbationError, create_perturbation
-
-        _check_family([m.name for m in self.methods], "adversarial")
-        seen = set()
-        for method in self.methods:
-            if method.name in seen:
-                raise ValueError(f"attack {method.name!r} is listed twice")
-            seen.add(method.name)
-            try:
-                create_perturbation(method.name, **method.params)
-            except PerturbationError as error:
-                raise ValueError(str(error)) from None
-            _check_strengths(method.name, self.epsilons_for(method))
-        return self
-
-    def epsilons_for(self, method: AttackConfig) -> list[float]:
-        from robustness.perturbations import get_perturbation_class
-
-        if method.epsilons is not None:
-            return method.epsilons
-        norm = getattr(get_perturbation_class(method.name), "norm", "linf")
-        return self.linf_epsilons if norm == "linf" else self.l2_epsilons
-
-
-class RobustnessConfig(Section):
-    split: Literal["test"] = "test"
-    shard_size: PositiveInt = 500
-    batch_size: PositiveInt = 500
-    drift_samples: NonNegativeInt = Field(
-        128,
-        description="attention drift (drift.csv) on each job's first this many images; "
-        "it costs a clean forward of them per variant; 0 turns it off",
-    )
-    noise: NoiseConfig = NoiseConfig()
-    corruptions: CorruptionConfig = CorruptionConfig()
-    attacks: AttacksConfig = AttacksConfig()
-
-
-def _default_search_space() -> dict[str, dict[str, list[float]]]:
-    return {
-        "topk": {"k": [4.0, 8.0, 16.0], "alpha": [1.5, 2.0, 3.0]},
-        "suppress": {"k": [8.0, 16.0], "beta": [0.25, 0.5]},
-        "power": {"gamma": [0.5, 2.0]},
-    }
-
-
-class SearchAttackConfig(Section):
-    name: str = Field("fgsm", description="a fixed-ε attack: fgsm, linf_pgd, l2_pgd, linf_bim")
-    epsilon: PositiveFloat = 0.0156863  # 4/255
-    params: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _valid(self) -> SearchAttackConfig:
-        _check_family([self.name], "adversarial")
-        _check_strengths(self.name, [self.epsilon])
-        return self
-
-
-class SearchConfig(Section):
-    """`iamt search` and the search stage of `iamt run`: which mask transform buys the most
-    robustness for the least clean accuracy, measured on the validation split."""
-
-    enabled: bool = Field(False, description="`iamt run` runs the search before the sweep")
-    space: dict[str, dict[str, list[float]]] = Field(
-        default_factory=_default_search_space,
-        description="transform -> parameter -> values; every grid point is a candidate",
-    )
-    compose: list[list[str]] = Field(
-        default_factory=list,
-        description="compositions to try, e.g. [[topk, power]]: every grid point of each part",
-    )
-    max_trials: PositiveInt = Field(32, description="a seeded sample of the grid when larger")
-    n_samples: PositiveInt = Field(500, description="validation images every trial sees")
-    batch_size: PositiveInt = 500
-    noise_types: list[str] = Field(default_factory=lambda: ["gaussian", "impulse"])
-    noise_strengths: list[float] = Field(default_factory=lambda: [0.05, 0.1])
-    corruptions: list[str] = Field(default_factory=lambda: ["fog", "pixelate", "gaussian_blur"])
-    severities: list[int] = Field(default_factory=lambda: [3])
-    attack: SearchAttackConfig | None = Field(None, description="optional robust accuracy at ε")
-    max_clean_cost: float = Field(
-        1.0, ge=0, description="points of clean accuracy the chosen transform may cost"
-    )
-    variant: str = Field("searched", description="the chosen transform's variant name")
-
-    @model_validator(mode="after")
-    def _valid(self) -> SearchConfig:
-        if not self.noise_types and not self.corruptions:
-            raise ValueError("search needs at least one of noise_types or corruptions")
-        _check_family(self.noise_types, "noise")
-        for name in self.noise_types:
-            _check_strengths(name, self.noise_strengths)
-        _check_family(self.corruptions, "corruption")
-        for name in self.corruptions:
-            _check_strengths(name, list(self.severities))
-        unknown = sorted({part for chain in self.compose for part in chain} - set(self.space))
-        if unknown:
-            raise ValueError(
-                f"compose names {unknown}, which are not in search.space: {', '.join(self.space)}"
-            )
-        if self.variant == "normal":
-            raise ValueError("search.variant: 'normal' is reserved for the identity model")
-        return self
-
-
-class TrainScalingConfig(Section):
-    """Ray Train's ScalingConfig for `iamt run` (`iamt train` always trains in one process)."""
-
-    num_workers: PositiveInt = Field(1, description="data-parallel (DDP) training workers")
-    use_gpu: bool = False
-    cpus_per_worker: PositiveFloat = Field(1, description="also each worker's torch threads")
-    gpus_per_worker: PositiveFloat = Field(1, description="with use_gpu; may be fractional")
-    max_failures: NonNegativeInt = Field(
-        1, description="worker-group restarts, each resuming from the last epoch's checkpoint"
-    )
-
-
-class SweepResourcesConfig(Section):
-    """How `iamt run` fans the robustness jobs out over Ray."""
-
-    num_cpus: PositiveFloat = Field(1, description="per evaluator task; also its torch threads")
-    num_gpus: float = Field(0, ge=0, description="per evaluator task; fractions share a GPU")
-    resources: dict[str, float] = Field(
-        default_factory=dict, description="custom Ray resources per task, e.g. {evaluator: 1}"
-    )
-    memory_mb: PositiveFloat | None = Field(
-        None,
-        description="per evaluator task: Ray schedules by it, and a job allocating more fails "
-        "alone (recorded in failures.csv, not retried); null = no cap",
-    )
-    max_in_flight: PositiveInt = Field(8, description="jobs outstanding at once (backpressure)")
-    max_retries: NonNegativeInt = Field(2, description="resubmissions of a failed job")
-
-
-class ClusterConfig(Section):
-    """Where `iamt run` runs. Placement only: it never changes a number in results.csv."""
-
-    address: str | None = Field(
-        None, description="Ray cluster to join; null: $RAY_ADDRESS, else an embedded local Ray"
-    )
-    num_cpus: PositiveInt | None = Field(
-        None, description="CPUs of the embedded local Ray; null = all of this machine's"
-    )
-    train: TrainScalingConfig = TrainScalingConfig()
-    sweep: SweepResourcesConfig = SweepResourcesConfig()
-
-
-class RunConfig(Section):
     name: str = "run"
     seed: int = 0
     data: DataConfig = DataConfig()
@@ -385,15 +131,17 @@ class RunConfig(Section):
     train: TrainConfig = TrainConfig()
     importance: ImportanceConfig = ImportanceConfig()
     emphasis: EmphasisConfig = EmphasisConfig()
-    robustness: RobustnessConfig = RobustnessConfig()
-    search: SearchConfig = SearchConfig()
-    cluster: ClusterConfig = ClusterConfig()
 
 
-def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+ConfigModel = TypeVar("ConfigModel", bound=BaseModel)
+
+
+def apply_overrides_to(
+    schema: type[BaseModel], raw: dict[str, Any], overrides: Sequence[str]
+) -> dict[str, Any]:
     """Apply `a.b.c=value` overrides (value parsed as YAML) to a raw config mapping.
 
-    Each path must name a key that exists in the schema; a free-form mapping (such as
+    Each path must name a key that exists in `schema`; a free-form mapping (such as
     `emphasis.variants`) may gain new keys.
     """
     result: dict[str, Any] = yaml.safe_load(yaml.safe_dump(raw)) or {}  # deep copy
@@ -402,27 +150,34 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
         if not sep or not path:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         keys = path.strip().split(".")
-        schema: type[BaseModel] | None = RunConfig
-        node = result
-        for depth, key in enumerate(keys):
-            last = depth == len(keys) - 1
-            if schema is not None and key not in schema.model_fields:
-                where = ".".join(keys[:depth]) or "the top level"
-                raise ConfigError(
-                    f"--set {path}: unknown key {key!r} at {where}; "
-                    f"valid keys: {', '.join(schema.model_fields)}"
-                )
-            if last:
-                node[key] = yaml.safe_load(text)
-                break
-            child_schema = _section_type(schema, key) if schema is not None else None
-            if schema is not None and child_schema is None and not _is_mapping(schema, key):
-                raise ConfigError(f"--set {path}: {key!r} is a value, not a section")
-            node = node.setdefault(key, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {path}: {key!r} is not a mapping in the config file")
-            schema = child_schema
+        node = _override_parent(schema, result, keys, path)
+        node[keys[-1]] = yaml.safe_load(text)
     return result
+
+
+def _override_parent(
+    schema: type[BaseModel], raw: dict[str, Any], keys: list[str], path: str
+) -> dict[str, Any]:
+    """The mapping of `raw` that holds the last of `keys`, checking each key on the way."""
+    section: type[BaseModel] | None = schema
+    node = raw
+    for depth, key in enumerate(keys):
+        if section is not None and key not in section.model_fields:
+            where = ".".join(keys[:depth]) or "the top level"
+            raise ConfigError(
+                f"--set {path}: unknown key {key!r} at {where}; "
+                f"valid keys: {', '.join(section.model_fields)}"
+            )
+        if depth == len(keys) - 1:
+            break
+        child = _section_type(section, key) if section is not None else None
+        if section is not None and child is None and not _is_mapping(section, key):
+            raise ConfigError(f"--set {path}: {key!r} is a value, not a section")
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {path}: {key!r} is not a mapping in the config file")
+        section = child
+    return node
 
 
 def _section_type(schema: type[BaseModel], key: str) -> type[BaseModel] | None:
@@ -437,14 +192,20 @@ def _is_mapping(schema: type[BaseModel], key: str) -> bool:
     return getattr(annotation, "__origin__", None) is dict
 
 
-def parse_config(raw: Mapping[str, Any], source: str = "config") -> RunConfig:
+def validate_config(
+    schema: type[ConfigModel], raw: Mapping[str, Any], source: str = "config"
+) -> ConfigModel:
+    """`raw` validated as `schema`; a mistake raises ConfigError naming every bad key."""
     try:
-        return RunConfig.model_validate(dict(raw))
+        return schema.model_validate(dict(raw))
     except ValidationError as error:
-        raise ConfigError(_describe(error, source)) from None
+        raise ConfigError(_describe(error, source, schema)) from None
 
 
-def load_config(path: Path | str, overrides: Sequence[str] = ()) -> RunConfig:
+def read_config_file(
+    schema: type[ConfigModel], path: Path | str, overrides: Sequence[str] = ()
+) -> ConfigModel:
+    """A YAML config file, with `--set` overrides applied, validated as `schema`."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
@@ -454,37 +215,20 @@ def load_config(path: Path | str, overrides: Sequence[str] = ()) -> RunConfig:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
-    return parse_config(apply_overrides(raw, overrides), source=str(path))
+    return validate_config(schema, apply_overrides_to(schema, raw, overrides), source=str(path))
 
 
-def load_run_config(run_dir: Path, overrides: Sequence[str] = ()) -> RunConfig:
-    """The config of an existing run; overrides may change only the `robustness` and `search`
-    sections, since everything else produced the checkpoint already in the run directory."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir} is not a run directory: {path} does not exist")
-    outside = [
-        item for item in overrides if not item.strip().startswith(("robustness.", "search."))
-    ]
-    if outside:
-        raise ConfigError(
-            f"--set {outside[0]!r}: only robustness.* and search.* keys can change on a "
-            "trained run; train a new run for other changes"
-        )
-    return load_config(path, overrides)
-
-
-def config_to_yaml(config: RunConfig) -> str:
+def config_to_yaml(config: BaseModel) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
 
 
-def _describe(error: ValidationError, source: str) -> str:
+def _describe(error: ValidationError, source: str, schema: type[BaseModel]) -> str:
     """One line per problem, naming the key, the bad value and (where known) the valid keys."""
     lines = [f"{source}: invalid configuration"]
     for item in error.errors():
         location = ".".join(str(part) for part in item["loc"]) or "(top level)"
         if item["type"] == "extra_forbidden":
-            parent = _schema_at(item["loc"][:-1])
+            parent = _schema_at(schema, item["loc"][:-1])
             valid = ", ".join(parent.model_fields) if parent is not None else "?"
             lines.append(f"  {location}: unknown key {item['loc'][-1]!r}; valid keys: {valid}")
         else:
@@ -492,10 +236,10 @@ def _describe(error: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def _schema_at(loc: Sequence[int | str]) -> type[BaseModel] | None:
-    schema: type[BaseModel] | None = RunConfig
+def _schema_at(schema: type[BaseModel], loc: Sequence[int | str]) -> type[BaseModel] | None:
+    section: type[BaseModel] | None = schema
     for key in loc:
-        if schema is None or not isinstance(key, str) or key not in schema.model_fields:
+        if section is None or not isinstance(key, str) or key not in section.model_fields:
             return None
-        schema = _section_type(schema, key)
-    return schema
+        section = _section_type(section, key)
+    return section

@@ -22,7 +22,7 @@ from torch import Tensor
 from iamt.config import ImportanceMethod
 from iamt.data.base import AttributeDataset, TensorAttributeDataset, iterate_batches
 from iamt.model import AttentionNet
-from robustness.schema import IMPORTANCE_COLUMNS
+from iamt.rundir import IMPORTANCE_COLUMNS
 
 
 def channel_importance(

@@ -49,6 +49,9 @@ class Registry(Generic[Entry]):
             raise self.error(f"unknown {self.kind} {name!r}; valid: {', '.join(self.names())}")
         return self._entries[name]
 
+    def __getitem__(self, name: str) -> Entry:
+        return self.get(name)
+
     def names(self) -> list[str]:
         return sorted(self._entries)
 

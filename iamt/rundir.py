@@ -50,6 +50,7 @@ IMPORTANCE = "importance.csv"
 CLEAN = "clean.csv"
 MASKS = "masks"
 MASK_SAMPLES = "samples.safetensors"
+MASK_TENSORS = "masks"  # in MASK_SAMPLES: the masks' keys, masks/<variant>/<attribute>
 PARTS = "parts"
 QUARANTINE = "quarantine"
 RESULTS = "results.csv"

@@ -20,21 +20,28 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor
+
+from iamt.registry import Registry
 
 
 class TransformSpecError(ValueError):
     """A mask-transform spec string is malformed; the message lists the valid choices."""
 
 
-TRANSFORMS: dict[str, type[MaskTransform]] = {}
+#: The named transforms a spec may use (`Compose` is written with `+`, not registered).
+TRANSFORMS: Registry[type[MaskTransform]] = Registry("mask transform", TransformSpecError)
+
+TransformType = TypeVar("TransformType", bound="type[MaskTransform]")
 
 
-def register_transform(cls: type[MaskTransform]) -> type[MaskTransform]:
-    TRANSFORMS[cls.name] = cls
+def register_transform(cls: TransformType) -> TransformType:
+    """Class decorator: register `cls` under `cls.name` (a second `cls.name` raises
+    `iamt.registry.DuplicateEntryError` instead of replacing the first)."""
+    TRANSFORMS.add(cls.name, cls)
     return cls
 
 
@@ -208,11 +215,11 @@ def parse_transform(spec: str) -> MaskTransform:
 def _parse_one(text: str, whole: str) -> MaskTransform:
     name, _, params_text = text.partition(":")
     name = name.strip()
-    if name not in TRANSFORMS:
+    if name not in TRANSFORMS:  # the registry's own error lacks the spec and the parameters
         raise TransformSpecError(
             f"unknown mask transform {name!r} in {whole!r}; {_valid_transforms()}"
         )
-    cls = TRANSFORMS[name]
+    cls = TRANSFORMS.get(name)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}
     for item in filter(None, (p.strip() for p in params_text.split(","))):

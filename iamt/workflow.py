@@ -1,15 +1,16 @@
-"""`iamt train`: train the normal model, rank channels, build emphasized variants, measure.
+"""Training a run: the normal model, its channel ranking and its variants' attention masks.
 
-Writes into the run directory (../shared/DESIGN.md §4):
+The first stage of `iamt train` and `iamt run` (robustness/runner.py's `train_run` adds the
+clean accuracy of every variant). Writes into the run directory (`iamt.rundir`):
 
   config.yaml        the resolved config
-  manifest.json      status, versions, seeds, hardware, timings, clean accuracy, localisation
+  manifest.json      status, versions, seeds, hardware, timings, localisation
   checkpoints/       normal.safetensors + normal.json
   importance.csv     attribute, channel, score, rank
-  clean.csv          clean accuracy per variant and attribute, with Wilson 95% CIs
   masks/             samples.safetensors: sample images and their attention masks per variant
 
-Everything that can be checked is checked before the run directory is touched.
+Everything that can be checked is checked (`prepare_train_run`) before the run directory is
+touched.
 """
 
 from __future__ import annotations
@@ -23,92 +24,43 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 import yaml
 from safetensors.torch import save_file
 
-from iamt.checkpoint import (
-    CheckpointError,
-    checkpoint_paths,
-    load_checkpoint,
-    save_checkpoint,
-)
-from iamt.config import ConfigError, RunConfig, config_to_yaml, parse_config
+from iamt.checkpoint import CheckpointError, checkpoint_paths, load_checkpoint, save_checkpoint
+from iamt.config import ConfigError, MethodConfig, config_to_yaml, validate_config
 from iamt.data import AttributeDataset, Split, TensorAttributeDataset, as_tensors, load_split
 from iamt.importance import channel_importance, importance_table, localisation_ratio
-from iamt.io import atomic_path, write_csv, write_json, write_text
-from iamt.model import Architecture, AttentionNet, build_model, feature_channels
-from iamt.train import (
-    EpochRecord,
-    channel_statistics,
-    predict_correct,
-    resolve_device,
-    seed_everything,
-    train_model,
-)
-from iamt.transforms import MaskTransform, TransformSpecError, parse_transform
-from robustness.metrics import wilson_interval
-from robustness.schema import CLEAN_COLUMNS
-
-NORMAL = "normal"
-CHECKPOINT_STEM = Path("checkpoints") / "normal"
-# Config sections that do not shape the model.
-IGNORED_BY_TRAINING = ("robustness", "search", "cluster")
-# What a sweep derives from the checkpoint: stale as soon as the checkpoint changes.
-EVALUATION_OUTPUTS = (
-    "parts",
-    "results.csv",
-    "summary.csv",
-    "drift.csv",
-    "failures.csv",
-    "timings.csv",
-    "report.html",
-    "plots",
-    "search.csv",
-    "search.json",
-    "search",
-)
+from iamt.io import atomic_path, write_text
+from iamt.model import Architecture, AttentionNet, build_model
+from iamt.rundir import IMPORTANCE, MASK_TENSORS, RunDirectory
+from iamt.train import EpochRecord, channel_statistics, resolve_device, seed_everything, train_model
+from iamt.transforms import MaskTransform
+from iamt.variants import parse_variants, variant_model
 
 
 class RunDirectoryError(ValueError):
     """The output directory cannot be used as asked (changed config, not writable, ...)."""
 
 
-def parse_variants(config: RunConfig) -> dict[str, MaskTransform]:
-    """`normal` (identity) plus the configured emphasized variants, validated against the model."""
-    variants: dict[str, MaskTransform] = {NORMAL: parse_transform("identity")}
-    for name, spec in config.emphasis.variants.items():
-        if name == NORMAL:
-            raise ConfigError(f"emphasis.variants: {NORMAL!r} is reserved for the identity model")
-        try:
-            transform = parse_transform(spec)
-            transform.validate(feature_channels(config.model.backbone, config.model.widths))
-        except TransformSpecError as error:
-            raise ConfigError(f"emphasis.variants.{name}: {error}") from None
-        variants[name] = transform
-    return variants
-
-
-def check_run_directory(
-    run_dir: Path, config: RunConfig, *, force: bool, ignore: tuple[str, ...] = ()
-) -> None:
-    """Refuse to mix two configs in one run directory (unless `force`), or an unwritable one.
-
-    `ignore` names top-level sections that may differ (training ignores `robustness`)."""
-    existing = run_dir / "config.yaml"
+def check_run_directory(run_dir: Path, config: MethodConfig, *, force: bool) -> None:
+    """Refuse to mix two trained models in one run directory (unless `force`), or an
+    unwritable one. Only the model-and-method sections count (`MethodConfig`): the evaluation
+    and the cluster sections may change on a trained run."""
+    existing = RunDirectory(run_dir).config
     if existing.is_file() and not force:
-        old = _resolved(yaml.safe_load(existing.read_text()) or {})
+        training_side = set(MethodConfig.model_fields)
+        old = _resolved(type(config), yaml.safe_load(existing.read_text()) or {})
         new = config.model_dump(mode="json")
-        for section in ignore:
-            old.pop(section, None)
-            new.pop(section, None)
+        old = {key: value for key, value in old.items() if key in training_side}
+        new = {key: value for key, value in new.items() if key in training_side}
         changed = _diff_keys(old, new)
         if changed:
             raise RunDirectoryError(
@@ -137,11 +89,11 @@ def check_writable(run_dir: Path) -> None:
         ) from None
 
 
-def _resolved(raw: dict[str, Any]) -> dict[str, Any]:
+def _resolved(schema: type[MethodConfig], raw: dict[str, Any]) -> dict[str, Any]:
     """A stored config with its defaults filled in, so only real changes show up in a diff.
     One that no longer validates is compared as written."""
     try:
-        return parse_config(raw).model_dump(mode="json")
+        return validate_config(schema, raw).model_dump(mode="json")
     except ConfigError:
         return raw
 
@@ -165,18 +117,7 @@ def _diff_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
 Fit = Callable[[AttentionNet, AttributeDataset], list[EpochRecord]]
 
 
-def clear_evaluation(run_dir: Path) -> None:
-    """Remove a sweep's outputs: job ids name the perturbation, not the model, so parts of an
-    earlier model must never be resumed into a new one."""
-    for name in EVALUATION_OUTPUTS:
-        path = run_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
-
-
-def adopt_checkpoint(source: Path, run_dir: Path, config: RunConfig, *, force: bool) -> None:
+def adopt_checkpoint(source: Path, run_dir: Path, config: MethodConfig, *, force: bool) -> None:
     """Copy a checkpoint trained elsewhere (`iamt run --checkpoint`) into `run_dir`, so that
     training is skipped. It must load, pass its SHA-256 check and fit `config.model`."""
     if source.suffix not in {"", ".json", ".safetensors"}:
@@ -203,7 +144,7 @@ def adopt_checkpoint(source: Path, run_dir: Path, config: RunConfig, *, force: b
     ]
     if mismatched:
         raise ConfigError(f"--checkpoint {stem} does not fit the config: {'; '.join(mismatched)}")
-    target = run_dir / CHECKPOINT_STEM
+    target = RunDirectory(run_dir).checkpoint_stem
     target_weights, target_meta = checkpoint_paths(target)
     if target_meta.is_file():
         existing = json.loads(target_meta.read_text()).get("weights_sha256")
@@ -213,7 +154,7 @@ def adopt_checkpoint(source: Path, run_dir: Path, config: RunConfig, *, force: b
             raise RunDirectoryError(
                 f"{run_dir} already holds another trained model; use another --out, or --force"
             )
-    clear_evaluation(run_dir)
+    RunDirectory(run_dir).clear_evaluation()
     weights, meta = checkpoint_paths(stem)
     target.parent.mkdir(parents=True, exist_ok=True)
     for source_file, target_file in ((weights, target_weights), (meta, target_meta)):
@@ -223,7 +164,7 @@ def adopt_checkpoint(source: Path, run_dir: Path, config: RunConfig, *, force: b
 
 @dataclass
 class TrainInputs:
-    """What `train_run` needs, validated and loaded before anything is written."""
+    """What `train_and_rank` needs, validated and loaded before anything is written."""
 
     variants: dict[str, MaskTransform]
     device: torch.device
@@ -232,13 +173,11 @@ class TrainInputs:
     test_set: AttributeDataset
 
 
-def prepare_train_run(config: RunConfig, run_dir: Path, *, force: bool) -> TrainInputs:
+def prepare_train_run(config: MethodConfig, run_dir: Path, *, force: bool) -> TrainInputs:
     """Validate the config against the run directory and load the three splits. Raises the
     user's mistake (config, run directory, dataset) before a file is written or Ray starts."""
     variants = parse_variants(config)
-    # The robustness section does not change the model (`iamt evaluate --set` may edit it),
-    # and the cluster section only says where things run.
-    check_run_directory(run_dir, config, force=force, ignore=IGNORED_BY_TRAINING)
+    check_run_directory(run_dir, config, force=force)
     device = resolve_device(config.train.device)
     return TrainInputs(
         variants,
@@ -250,15 +189,22 @@ def prepare_train_run(config: RunConfig, run_dir: Path, *, force: bool) -> Train
 
 
 @dataclass
-class TrainRunSummary:
+class TrainedRun:
+    """A run after training: its model, channel ranking and variants, and the manifest so far
+    (status still `running`: the clean accuracy comes next)."""
+
     run_dir: Path
-    trained: bool
-    clean: pd.DataFrame
+    trained: bool  # False when the checkpoint was already there
+    model: AttentionNet
+    importance: torch.Tensor  # (A, C)
+    inputs: TrainInputs
+    manifest: dict[str, Any]
     localisation: dict[str, float]
+    timings: dict[str, float] = field(default_factory=dict)
 
 
-def train_run(
-    config: RunConfig,
+def train_and_rank(
+    config: MethodConfig,
     run_dir: Path,
     *,
     force: bool = False,
@@ -267,140 +213,114 @@ def train_run(
     trainer: str = "single process",
     retrain: bool | None = None,
     inputs: TrainInputs | None = None,
-) -> TrainRunSummary:
-    """`fit` trains the model (default: this process); `trainer` says which, for the manifest.
+) -> TrainedRun:
+    """Train (unless this run already holds the checkpoint of this very config), rank the
+    channels on the validation split, and save sample masks of every variant.
+
+    `fit` trains the model (default: this process); `trainer` says which, for the manifest.
     `force` accepts a changed config and, unless `retrain` says otherwise, trains afresh.
     `inputs` is `prepare_train_run`'s result when the caller validated first (`iamt run`)."""
-    # 1. Validate everything cheap before writing anything.
-    if inputs is None:
-        inputs = prepare_train_run(config, run_dir, force=force)
-    variants, device = inputs.variants, inputs.device
-    train_set, val_set, test_set = inputs.train_set, inputs.val_set, inputs.test_set
+    inputs = inputs or prepare_train_run(config, run_dir, force=force)
     if config.train.num_threads is not None:
         torch.set_num_threads(config.train.num_threads)
-
-    # 2. The run directory: config first, then a manifest that says we are running.
     started = time.perf_counter()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "config.yaml", config_to_yaml(config))
-    manifest: dict[str, Any] = {
+    run = RunDirectory(run_dir)
+    run.root.mkdir(parents=True, exist_ok=True)
+    write_text(run.config, config_to_yaml(config))
+    manifest = _start_manifest(config, inputs)
+    run.write_manifest(manifest)
+    retrain = force if retrain is None else retrain
+    fit = fit or partial(
+        train_model,
+        config=config.train,
+        seed=config.seed,
+        device=inputs.device,
+        show_progress=show_progress,
+    )
+    model, trained, timings = _train_or_load(config, run, inputs, fit, trainer, retrain, manifest)
+    manifest["stage"] = "importance"
+    run.write_manifest(manifest)
+    tick = time.perf_counter()
+    importance = _rank_channels(config, run, model, inputs)
+    timings["importance_s"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    localisation = _sample_masks(run, model, importance, inputs)
+    timings["masks_s"] = time.perf_counter() - tick
+    timings["train_and_rank_s"] = time.perf_counter() - started
+    return TrainedRun(run_dir, trained, model, importance, inputs, manifest, localisation, timings)
+
+
+def _start_manifest(config: MethodConfig, inputs: TrainInputs) -> dict[str, Any]:
+    return {
         "name": config.name,
         "status": "running",
         "stage": "train",
-        "created": _now(),
+        "created": now(),
         "seed": config.seed,
         "dataset": config.data.name.value,
-        "variants": {name: t.spec() for name, t in variants.items()},
-        "environment": environment(device),
+        "variants": {name: t.spec() for name, t in inputs.variants.items()},
+        "environment": environment(inputs.device),
     }
-    write_json(run_dir / "manifest.json", manifest)
-    timings: dict[str, float] = {}
 
-    # 3. Train, unless this run already holds the checkpoint of this very config.
-    stem = run_dir / CHECKPOINT_STEM
-    weights, meta = checkpoint_paths(stem)
-    retrain = force if retrain is None else retrain
-    trained = retrain or not (weights.is_file() and meta.is_file())
-    if trained:
-        mean, std = channel_statistics(train_set)
-        architecture = Architecture.from_config(
-            config.model, train_set.attributes, config.data.image_size, mean, std
-        )
-        seed_everything(config.seed)  # the initial weights are a random draw too
-        model = build_model(architecture, config.model.backbone_weights)
-        if fit is None:
-            fit = partial(
-                train_model,
-                config=config.train,
-                seed=config.seed,
-                device=device,
-                show_progress=show_progress,
-            )
-        tick = time.perf_counter()
-        manifest["trainer"] = trainer
-        history = fit(model, train_set)
-        model.to(device)
-        timings["train_s"] = time.perf_counter() - tick
-        clear_evaluation(run_dir)  # a new model: no earlier sweep result applies to it
-        save_checkpoint(stem, model, seed=config.seed, epochs=config.train.epochs)
-        manifest["train_history"] = [asdict(record) for record in history]
-    else:
-        model, _ = load_checkpoint(stem)
-        model.to(device)
 
-    # 4. Channel importance on the validation split (never the test split).
-    manifest["stage"] = "importance"
-    write_json(run_dir / "manifest.json", manifest)
+def _train_or_load(
+    config: MethodConfig,
+    run: RunDirectory,
+    inputs: TrainInputs,
+    fit: Fit,
+    trainer: str,
+    retrain: bool,
+    manifest: dict[str, Any],
+) -> tuple[AttentionNet, bool, dict[str, float]]:
+    """The trained model on the run's device, whether it was trained now, and how long."""
+    weights, meta = checkpoint_paths(run.checkpoint_stem)
+    if not retrain and weights.is_file() and meta.is_file():
+        model, _ = load_checkpoint(run.checkpoint_stem)
+        return model.to(inputs.device), False, {}
+    mean, std = channel_statistics(inputs.train_set)
+    architecture = Architecture.from_config(
+        config.model, inputs.train_set.attributes, config.data.image_size, mean, std
+    )
+    seed_everything(config.seed)  # the initial weights are a random draw too
+    model = build_model(architecture, config.model.backbone_weights)
     tick = time.perf_counter()
-    importance_set = _head(val_set, config.importance.n_samples)
+    manifest["trainer"] = trainer
+    history = fit(model, inputs.train_set)
+    model.to(inputs.device)
+    timings = {"train_s": time.perf_counter() - tick}
+    run.clear_evaluation()  # a new model: no earlier sweep result applies to it
+    save_checkpoint(run.checkpoint_stem, model, seed=config.seed, epochs=config.train.epochs)
+    manifest["train_history"] = [asdict(record) for record in history]
+    return model, True, timings
+
+
+def _rank_channels(
+    config: MethodConfig, run: RunDirectory, model: AttentionNet, inputs: TrainInputs
+) -> torch.Tensor:
+    """Channel importance (A, C) on the validation split (never the test split)."""
     importance = channel_importance(
         model,
-        importance_set,
+        _head(inputs.val_set, config.importance.n_samples),
         method=config.importance.method,
         batch_size=config.importance.batch_size,
-        device=device,
+        device=inputs.device,
     )
     names = model.architecture.attribute_names
-    write_csv(run_dir / "importance.csv", importance_table(importance, names))
-    timings["importance_s"] = time.perf_counter() - tick
+    run.write_csv(IMPORTANCE, importance_table(importance, names))
+    return importance
 
-    # 5. Clean accuracy of every variant on the test split, and where the attention falls.
-    manifest["stage"] = "clean"
-    tick = time.perf_counter()
-    clean = clean_accuracy(config, model, variants, importance, test_set)
-    write_csv(run_dir / "clean.csv", clean)
+
+def _sample_masks(
+    run: RunDirectory, model: AttentionNet, importance: torch.Tensor, inputs: TrainInputs
+) -> dict[str, float]:
+    """Save every variant's masks on sample test images; return where the attention falls
+    (inside the object ÷ outside, per attribute) when the data know their objects."""
+    test_set = inputs.test_set
     localisation: dict[str, float] = {}
     if isinstance(test_set, TensorAttributeDataset) and test_set.object_masks is not None:
         localisation = localisation_ratio(model, test_set)
-    save_mask_samples(
-        run_dir / "masks" / "samples.safetensors", model, variants, importance, test_set
-    )
-    timings["evaluate_s"] = time.perf_counter() - tick
-    timings["total_s"] = time.perf_counter() - started
-
-    manifest.update(
-        status="done",
-        stage="done",
-        finished=_now(),
-        timings=timings,
-        clean_accuracy={
-            f"{row.variant}/{row.attribute}": row.accuracy for row in clean.itertuples()
-        },
-        localisation_ratio=localisation,
-    )
-    write_json(run_dir / "manifest.json", manifest)
-    return TrainRunSummary(run_dir, trained, clean, localisation)
-
-
-def clean_accuracy(
-    config: RunConfig,
-    model: AttentionNet,
-    variants: dict[str, MaskTransform],
-    importance: torch.Tensor,
-    dataset: Any,
-) -> pd.DataFrame:
-    rows = []
-    for variant, transform in variants.items():
-        net = model if variant == NORMAL else model.with_transform(transform, importance)
-        correct = predict_correct(net, dataset)  # (N, A)
-        for a, attribute in enumerate(model.architecture.attribute_names):
-            n, hits = int(correct.shape[0]), int(correct[:, a].sum())
-            low, high = wilson_interval(hits, n)
-            rows.append(
-                {
-                    "run": config.name,
-                    "dataset": config.data.name.value,
-                    "variant": variant,
-                    "transform": transform.spec(),
-                    "attribute": attribute,
-                    "n": n,
-                    "correct": hits,
-                    "accuracy": hits / n,
-                    "ci_low": low,
-                    "ci_high": high,
-                }
-            )
-    return pd.DataFrame(rows, columns=CLEAN_COLUMNS)
+    save_mask_samples(run.masks, model, inputs.variants, importance, test_set)
+    return localisation
 
 
 def save_mask_samples(
@@ -422,11 +342,11 @@ def save_mask_samples(
     names = model.architecture.attribute_names
     with torch.no_grad():
         for variant, transform in variants.items():
-            net = model if variant == NORMAL else model.with_transform(transform, importance)
+            net = variant_model(model, transform, importance)
             masks = net(images.to(device), return_masks=True).masks
             assert masks is not None
             for name, mask in zip(names, masks, strict=True):
-                tensors[f"masks/{variant}/{name}"] = mask.half().cpu().contiguous()
+                tensors[f"{MASK_TENSORS}/{variant}/{name}"] = mask.half().cpu().contiguous()
     metadata = {
         "attributes": json.dumps(list(names)),
         "variants": json.dumps({v: t.spec() for v, t in variants.items()}),
@@ -476,5 +396,6 @@ def _git_sha() -> str | None:
     return result.stdout.strip()
 
 
-def _now() -> str:
+def now() -> str:
+    """The current UTC time, as the manifest records it."""
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

@@ -34,20 +34,21 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from iamt.config import RobustnessConfig
+from iamt.vocabulary import NO_PERTURBATION, Engine, Family, StrengthAxis
+from robustness.config import AttackConfig, AttacksConfig, CorruptionConfig, RobustnessConfig
 from robustness.drift import MaskDrift, mask_drift, predict_with_drift
 from robustness.metrics import attack_success_rate, median_distance
 from robustness.perturbations import (
     Attack,
-    Family,
     ImagePerturbation,
+    MinimisationAttack,
     create_perturbation,
 )
 from robustness.perturbations.attacks import attribute_view
 
-NO_PERTURBATION = "none"
 # Images of each shard the attention drift is measured on, unless the config says otherwise.
 DRIFT_SAMPLES: int = RobustnessConfig.model_fields["drift_samples"].default
+Params = tuple[tuple[str, Any], ...]  # a perturbation's keyword parameters, sorted by name
 
 
 @dataclass(frozen=True)
@@ -59,16 +60,24 @@ class Job:
     variants: tuple[str, ...]
     attribute_names: tuple[str, ...]
     run_seed: int
-    strength: float | None = None  # severity or ε of this job; None: clean / minimisation
+    strength: int | float | None = None  # severity (int) or ε; None: clean / minimisation
     epsilons: tuple[float, ...] = ()  # minimisation attacks: report at each of these
-    params: tuple[tuple[str, Any], ...] = ()  # attack hyperparameters, sorted by name
+    params: Params = ()  # perturbation hyperparameters, sorted by name
     transfer: bool = False
     batch_size: int = 500
 
     def spec(self) -> dict[str, Any]:
         spec = asdict(self)
         spec["family"] = self.family.value
+        if self.strength is not None:
+            # The hashed form writes every strength as a float, as ids (and the seeds derived
+            # from them) have always been computed: a severity 3 hashes as 3.0.
+            spec["strength"] = float(self.strength)
         return spec
+
+    @property
+    def axis(self) -> StrengthAxis:
+        return StrengthAxis.of_family(self.family)
 
     @property
     def job_id(self) -> str:
@@ -115,17 +124,17 @@ def _row(
     median: float | None = None,
     drift: MaskDrift | None = None,  # of this row's variant; the row's attribute is read
 ) -> dict[str, Any]:
-    strength_column = "severity" if job.family is Family.CORRUPTION else "epsilon"
     strength = epsilon if epsilon is not None else job.strength
     attribute_index = job.attribute_names.index(attribute)
+    corruption = job.family is Family.CORRUPTION
     return {
         "job_id": job.job_id,
         "variant": variant,
         "attribute": attribute,
         "family": (family or job.family).value,
         "perturbation": job.perturbation,
-        "severity": int(strength) if strength_column == "severity" and strength else None,
-        "epsilon": strength if strength_column == "epsilon" else None,
+        StrengthAxis.SEVERITY.column: strength if job.axis is StrengthAxis.SEVERITY else None,
+        StrengthAxis.EPSILON.column: strength if job.axis is StrengthAxis.EPSILON else None,
         "source_variant": source_variant,
         "n": int(correct.numel()),
         "correct": int(correct.sum()),
@@ -133,9 +142,7 @@ def _row(
         "median_distance": median,
         "seed": job.seed,
         "shard_start": job.shard_start,
-        "engine": dict(job.params).get("engine", "reference")
-        if job.family is Family.CORRUPTION
-        else None,
+        "engine": dict(job.params).get("engine", Engine.REFERENCE.value) if corruption else None,
         "mask_cosine": None if drift is None else drift.mask_cosine[attribute_index],
         "importance_rank_correlation": (
             None if drift is None else drift.importance_rank_correlation[attribute_index]
@@ -169,19 +176,51 @@ def run_job(
     y = labels[job.shard_start : job.shard_stop].cpu()  # (n, A)
     if job.family in (Family.CLEAN, Family.NOISE, Family.CORRUPTION):
         return _run_image_job(job, models, x, y, drift_samples)
-    perturbation = create_perturbation(job.perturbation, **dict(job.params))
-    assert isinstance(perturbation, Attack)
-    if perturbation.minimization:
-        return _run_minimisation_job(job, perturbation, models, x, y)
-    return _run_fixed_epsilon_job(job, perturbation, models, x, y, drift_samples)
+    attack = create_perturbation(job.perturbation, **dict(job.params))
+    if isinstance(attack, MinimisationAttack):
+        return _run_minimisation_job(job, attack, models, x, y)
+    assert isinstance(attack, Attack)
+    return _run_fixed_epsilon_job(job, attack, models, x, y, drift_samples)
 
 
-def _perturbed(job: Job, x: Tensor) -> Tensor:
-    """The job's perturbation of the shard `x`, generated once for every variant."""
-    perturbation = create_perturbation(job.perturbation, **dict(job.params))
-    assert isinstance(perturbation, ImagePerturbation)
-    assert job.strength is not None
-    return perturbation(x, job.strength, seed=job.seed)
+def perturb(
+    perturbation: str, params: Params, images: Tensor, strength: int | float, *, seed: int
+) -> Tensor:
+    """`images` under a model-independent perturbation (noise or a corruption) with `params`,
+    at `strength`, seeded by `seed`: the one way the sweep and the search perturb images."""
+    instance = create_perturbation(perturbation, **dict(params))
+    assert isinstance(instance, ImagePerturbation), f"{perturbation} is not image-only"
+    return instance(images, strength, seed=seed)
+
+
+def corruption_params(corruptions: CorruptionConfig, name: str) -> Params:
+    """The parameters of corruption `name` under the configured engine choice (`engine`,
+    `engine_overrides`). The reference engine is the perturbation's default, so its jobs keep
+    the ids they had before there was a choice; a native job says so in its params (and id)."""
+    engine = corruptions.engine_for(name)
+    return (("engine", engine.value),) if engine is not Engine.REFERENCE else ()
+
+
+def attack_attribute(
+    attack: Attack,
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    attribute: int,
+    epsilon: float,
+    seed: int,
+) -> tuple[Tensor, Tensor]:
+    """Adversarials of `x` against one attribute of `model` at `epsilon`, and where the attack
+    succeeded ((n,) bool, on the CPU). `seed + attribute` seeds it, the same for every variant:
+    they face the same random starts."""
+    outcome = attack(
+        attribute_view(model, attribute),
+        x,
+        y[:, attribute].to(x.device),
+        [epsilon],
+        seed=seed + attribute,
+    )
+    return outcome.adversarials[epsilon], outcome.success[epsilon].cpu()
 
 
 def _run_image_job(
@@ -189,7 +228,11 @@ def _run_image_job(
 ) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     clean = job.family is Family.CLEAN
-    perturbed = x if clean else _perturbed(job, x)  # generated once for every variant
+    if clean:
+        perturbed = x
+    else:  # generated once for every variant
+        assert job.strength is not None
+        perturbed = perturb(job.perturbation, job.params, x, job.strength, seed=job.seed)
     for variant in job.variants:
         drift: MaskDrift | None = None
         if clean or drift_samples == 0:  # no drift to measure
@@ -217,24 +260,19 @@ def _run_fixed_epsilon_job(
     drift_samples: int,
 ) -> list[dict[str, Any]]:
     assert job.strength is not None
-    epsilon = job.strength
+    epsilon = float(job.strength)
     clean = {v: predict_all(models[v], x, job.batch_size) == y for v in job.variants}
     rows = []
     for a, name in enumerate(job.attribute_names):
         for source in job.variants:
-            # The same seed for every variant: they face the same random starts.
-            outcome = attack(
-                attribute_view(models[source], a),
-                x,
-                y[:, a].to(x.device),
-                [epsilon],
-                seed=job.seed + a,
+            adversarial, success = attack_attribute(
+                attack, models[source], x, y, a, epsilon, job.seed
             )
-            adversarial, success = outcome.adversarials[epsilon], outcome.success[epsilon].cpu()
             robust = clean[source][:, a] & ~success
             # The masks of the attacked attribute, clean vs this variant's own adversarials.
-            drift = (
-                mask_drift(
+            drift = None
+            if drift_samples > 0:
+                drift = mask_drift(
                     models[source],
                     x,
                     adversarial,
@@ -242,43 +280,45 @@ def _run_fixed_epsilon_job(
                     attributes=[a],
                     drift_samples=drift_samples,
                 )
-                if drift_samples > 0
-                else None
+            success_rate = attack_success_rate(clean[source][:, a], success)
+            rows.append(_row(job, source, name, robust, success_rate=success_rate, drift=drift))
+            if job.transfer:
+                rows += _transfer_rows(job, models, clean, adversarial, y, a, source)
+    return rows
+
+
+def _transfer_rows(
+    job: Job,
+    models: Mapping[str, nn.Module],
+    clean: Mapping[str, Tensor],
+    adversarial: Tensor,
+    y: Tensor,
+    a: int,
+    source: str,
+) -> list[dict[str, Any]]:
+    """The adversarials crafted on `source` for attribute `a`, on every other variant."""
+    rows = []
+    for target in job.variants:
+        if target == source:
+            continue
+        target_correct = predict_all(models[target], adversarial, job.batch_size)[:, a] == y[:, a]
+        fooled = clean[target][:, a] & ~target_correct
+        rows.append(
+            _row(
+                job,
+                target,
+                job.attribute_names[a],
+                clean[target][:, a] & target_correct,
+                family=Family.TRANSFER,
+                source_variant=source,
+                success_rate=attack_success_rate(clean[target][:, a], fooled),
             )
-            rows.append(
-                _row(
-                    job,
-                    source,
-                    name,
-                    robust,
-                    success_rate=attack_success_rate(clean[source][:, a], success),
-                    drift=drift,
-                )
-            )
-            if not job.transfer:
-                continue
-            for target in job.variants:
-                if target == source:
-                    continue
-                target_correct = predict_all(models[target], adversarial, job.batch_size)[:, a]
-                target_correct = target_correct == y[:, a]
-                fooled = clean[target][:, a] & ~target_correct
-                rows.append(
-                    _row(
-                        job,
-                        target,
-                        name,
-                        clean[target][:, a] & target_correct,
-                        family=Family.TRANSFER,
-                        source_variant=source,
-                        success_rate=attack_success_rate(clean[target][:, a], fooled),
-                    )
-                )
+        )
     return rows
 
 
 def _run_minimisation_job(
-    job: Job, attack: Attack, models: Mapping[str, nn.Module], x: Tensor, y: Tensor
+    job: Job, attack: MinimisationAttack, models: Mapping[str, nn.Module], x: Tensor, y: Tensor
 ) -> list[dict[str, Any]]:
     rows = []
     for variant in job.variants:
@@ -314,8 +354,23 @@ def shards(n_samples: int, shard_size: int) -> list[tuple[int, int]]:
     return [(s, min(s + shard_size, n_samples)) for s in range(0, n_samples, shard_size)]
 
 
+@dataclass(frozen=True)
+class _Expansion:
+    """What every job of one sweep shares, and how its samples are sharded."""
+
+    robustness: RobustnessConfig
+    common: Mapping[str, Any]
+    n_available: int
+
+    def shards(self, n: int) -> list[tuple[int, int]]:
+        return shards(min(n, self.n_available), self.robustness.shard_size)
+
+    def jobs(self, family: Family, name: str, n: int, **fields: Any) -> list[Job]:
+        return [Job(family, name, a, b, **fields, **self.common) for a, b in self.shards(n)]
+
+
 def expand_sweep(
-    robustness: Any,
+    robustness: RobustnessConfig,
     *,
     variants: Sequence[str],
     attribute_names: Sequence[str],
@@ -330,77 +385,65 @@ def expand_sweep(
         "run_seed": run_seed,
         "batch_size": robustness.batch_size,
     }
-
-    def sharded(n: int) -> list[tuple[int, int]]:
-        return shards(min(n, n_available), robustness.shard_size)
-
+    sweep = _Expansion(robustness, common, n_available)
     largest = max(
-        robustness.noise.n_samples,
-        robustness.corruptions.n_samples,
-        robustness.attacks.n_samples,
+        robustness.noise.n_samples, robustness.corruptions.n_samples, robustness.attacks.n_samples
     )
-    jobs = [
-        Job(Family.CLEAN, NO_PERTURBATION, start, stop, **common)
-        for start, stop in sharded(largest)
-    ]
+    jobs = sweep.jobs(Family.CLEAN, NO_PERTURBATION, largest)
     for name in robustness.noise.types:
         for strength in robustness.noise.strengths:
-            jobs += [
-                Job(Family.NOISE, name, start, stop, strength=float(strength), **common)
-                for start, stop in sharded(robustness.noise.n_samples)
-            ]
-    for name in robustness.corruptions.resolved_names():
-        # The reference engine is the perturbation's default, so its jobs keep the ids they
-        # had before there was a choice; a native job says so in its params (and id).
-        engine = robustness.corruptions.engine_for(name)
-        engine_params = (("engine", engine),) if engine != "reference" else ()
-        for severity in robustness.corruptions.severities:
-            jobs += [
-                Job(
-                    Family.CORRUPTION,
-                    name,
-                    start,
-                    stop,
-                    strength=float(severity),
-                    params=engine_params,
-                    **common,
-                )
-                for start, stop in sharded(robustness.corruptions.n_samples)
-            ]
-    attacks = robustness.attacks
-    for method in attacks.methods:
-        cls_instance = create_perturbation(method.name, **method.params)
-        assert isinstance(cls_instance, Attack)
-        params = tuple(sorted(method.params.items()))
-        epsilons = tuple(float(e) for e in attacks.epsilons_for(method))
-        for start, stop in sharded(method.n_samples or attacks.n_samples):
-            if cls_instance.minimization:
-                jobs.append(
-                    Job(
-                        Family.ADVERSARIAL,
-                        method.name,
-                        start,
-                        stop,
-                        epsilons=epsilons,
-                        params=params,
-                        **common,
-                    )
-                )
-                continue
-            jobs += [
-                Job(
-                    Family.ADVERSARIAL,
-                    method.name,
-                    start,
-                    stop,
-                    strength=epsilon,
-                    params=params,
-                    transfer=attacks.transfer and len(variants) > 1,
-                    **common,
-                )
-                for epsilon in epsilons
-            ]
+            jobs += sweep.jobs(
+                Family.NOISE, name, robustness.noise.n_samples, strength=float(strength)
+            )
+    corruptions = robustness.corruptions
+    for name in corruptions.resolved_names():
+        params = corruption_params(corruptions, name)
+        for severity in corruptions.severities:
+            jobs += sweep.jobs(
+                Family.CORRUPTION, name, corruptions.n_samples, strength=severity, params=params
+            )
+    for method in robustness.attacks.methods:
+        jobs += _attack_jobs(sweep, robustness.attacks, method, transfer=len(variants) > 1)
     return jobs
 
 
-__all__ = ["NO_PERTURBATION", "Job", "expand_sweep", "run_job", "shards"]
+def _attack_jobs(
+    sweep: _Expansion, attacks: AttacksConfig, method: AttackConfig, *, transfer: bool
+) -> list[Job]:
+    """A minimisation attack: one job per shard, reported at every ε; a fixed-ε attack: one
+    job per shard and ε."""
+    attack = create_perturbation(method.name, **method.params)
+    params = tuple(sorted(method.params.items()))
+    epsilons = tuple(float(e) for e in attacks.epsilons_for(method))
+    n = method.n_samples or attacks.n_samples
+    if isinstance(attack, MinimisationAttack):
+        return sweep.jobs(Family.ADVERSARIAL, method.name, n, epsilons=epsilons, params=params)
+    jobs: list[Job] = []
+    for start, stop in sweep.shards(n):
+        jobs += [
+            Job(
+                Family.ADVERSARIAL,
+                method.name,
+                start,
+                stop,
+                strength=epsilon,
+                params=params,
+                transfer=attacks.transfer and transfer,
+                **sweep.common,
+            )
+            for epsilon in epsilons
+        ]
+    return jobs
+
+
+__all__ = [
+    "NO_PERTURBATION",
+    "Job",
+    "attack_attribute",
+    "corruption_params",
+    "expand_sweep",
+    "perturb",
+    "predict_all",
+    "run_job",
+    "shards",
+]

@@ -173,10 +173,9 @@ def paired_difference(
     - `clusters` given (integer ids, one per pair): a cluster bootstrap (Davison & Hinkley 1997,
       ch. 3, hierarchical data; Field & Welsh 2007). Whole clusters are resampled with
       replacement and the replicate statistic is Σ d over the drawn clusters' pairs ÷ their
-      number of pairs. Use it when one
-      sample appears several times — e.g. clusters = sample ids when the pairs pool several
-      perturbations of the same images: those pairs are not independent, and the pair bootstrap
-      would give a too narrow interval.
+      number of pairs. Use it when one sample appears several times — e.g. clusters = sample
+      ids when the pairs pool several perturbations of the same images: those pairs are not
+      independent, and the pair bootstrap would give a too narrow interval.
 
     The McNemar p-value (`mcnemar_exact`) treats the pairs as independent, also when `clusters` is
     given; with clusters, trust the interval rather than the p-value.
@@ -187,23 +186,15 @@ def paired_difference(
     if isinstance(n_boot, bool) or not isinstance(n_boot, int | np.integer) or n_boot < 1:
         raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
     _check_confidence(confidence)
-
     n_a_only = int(np.count_nonzero(a & ~b))
     n_b_only = int(np.count_nonzero(b & ~a))
-    accuracy_a = float(a.mean())
-    accuracy_b = float(b.mean())
+    accuracy_a, accuracy_b = float(a.mean()), float(b.mean())
     rng = np.random.default_rng(seed)
-
     if clusters is None:
-        # Counts of d = −1, 0, +1 in each replicate.
-        probabilities = np.array([n_a_only, n - n_a_only - n_b_only, n_b_only]) / n
-        counts = rng.multinomial(n, probabilities, size=int(n_boot))  # (n_boot, 3)
-        replicates = (counts[:, 2] - counts[:, 0]) / n
+        replicates = _pair_replicates(n, n_a_only, n_b_only, int(n_boot), rng)
     else:
-        replicates = _cluster_replicates(
-            b.astype(np.int64) - a.astype(np.int64), clusters, int(n_boot), rng
-        )
-
+        differences = b.astype(np.int64) - a.astype(np.int64)
+        replicates = _cluster_replicates(differences, clusters, int(n_boot), rng)
     alpha = 1.0 - confidence
     low, high = np.quantile(replicates, [alpha / 2, 1 - alpha / 2])
     return PairedComparison(
@@ -217,6 +208,16 @@ def paired_difference(
         n_b_only=n_b_only,
         mcnemar_p=mcnemar_exact(n_a_only, n_b_only),
     )
+
+
+def _pair_replicates(
+    n: int, n_a_only: int, n_b_only: int, n_boot: int, rng: np.random.Generator
+) -> NDArray[np.float64]:
+    """Pair-bootstrap replicates of the difference: the counts of d = −1, 0, +1 in each."""
+    probabilities = np.array([n_a_only, n - n_a_only - n_b_only, n_b_only]) / n
+    counts = rng.multinomial(n, probabilities, size=n_boot)  # (n_boot, 3)
+    replicates: NDArray[np.float64] = (counts[:, 2] - counts[:, 0]) / n
+    return replicates
 
 
 def _cluster_replicates(
@@ -323,10 +324,8 @@ def corruption_errors(
         )
     if not model:
         raise ValueError("errors must name at least one corruption, got none")
-    for name, value in (
-        ("clean_error", clean_error),
-        ("baseline_clean_error", baseline_clean_error),
-    ):
+    clean_errors = {"clean_error": clean_error, "baseline_clean_error": baseline_clean_error}
+    for name, value in clean_errors.items():
         if not math.isfinite(value) or value < 0:
             raise ValueError(f"{name} must be a finite error >= 0, got {value}")
 

@@ -34,6 +34,22 @@ import numpy as np
 import pandas as pd
 
 from iamt.io import write_csv, write_text
+from iamt.rundir import (
+    DRIFT_COLUMNS,
+    DRIFT_SORT_KEY,
+    FAILURE_COLUMNS,
+    FAILURES,
+    LEGACY_PART_COLUMNS,
+    PART_COLUMNS,
+    PART_DTYPES,
+    RESULT_COLUMNS,
+    SORT_KEY,
+    SUMMARY_COLUMNS,
+    TIMING_COLUMNS,
+    TIMINGS,
+    RunDirectory,
+)
+from iamt.vocabulary import NORMAL, Family, Norm, StrengthAxis
 from robustness.jobs import Job
 from robustness.metrics import (
     area_under_curve,
@@ -41,35 +57,10 @@ from robustness.metrics import (
     paired_difference,
     wilson_interval,
 )
-from robustness.perturbations import Family, get_perturbation_class
+from robustness.perturbations import get_perturbation_class
 from robustness.sanity import CHECKS, all_passed, sanity_flags
-from robustness.schema import (
-    DRIFT_COLUMNS,
-    DRIFT_SORT_KEY,
-    FAILURE_COLUMNS,
-    LEGACY_PART_COLUMNS,
-    PART_COLUMNS,
-    RESULT_COLUMNS,
-    SORT_KEY,
-    SUMMARY_COLUMNS,
-    TIMING_COLUMNS,
-)
-
-NORMAL = "normal"
-# Read as text: a hex job id such as "3874285363113e16" or "0123..." would parse as a number,
-# and an outcomes string would lose its leading zeros.
-PART_DTYPES = {"job_id": str, "outcomes": str, "source_variant": str, "engine": str}
-
 
 # --------------------------------------------------------------------------- part files
-
-
-def parts_dir(run_dir: Path) -> Path:
-    return run_dir / "parts"
-
-
-def part_path(run_dir: Path, job_id: str) -> Path:
-    return parts_dir(run_dir) / f"{job_id}.csv"
 
 
 def _cell(value: Any) -> str:
@@ -90,16 +81,12 @@ def write_part(run_dir: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(PART_COLUMNS)
     writer.writerows([_cell(row.get(column)) for column in PART_COLUMNS] for row in rows)
-    write_text(part_path(run_dir, str(rows[0]["job_id"])), buffer.getvalue())
+    write_text(RunDirectory(run_dir).part(str(rows[0]["job_id"])), buffer.getvalue())
 
 
 def finished_job_ids(run_dir: Path) -> set[str]:
-    folder = parts_dir(run_dir)
+    folder = RunDirectory(run_dir).parts
     return {path.stem for path in folder.glob("*.csv")} if folder.is_dir() else set()
-
-
-def quarantine_dir(run_dir: Path) -> Path:
-    return run_dir / "quarantine"
 
 
 def part_problem(path: Path, variants: Collection[str], attributes: Collection[str]) -> str | None:
@@ -140,12 +127,12 @@ def quarantine_corrupt_parts(
     """Move every untrustworthy part file into `run_dir/quarantine/` (kept for inspection, never
     deleted), so that its job counts as not done and runs again. Returns what was moved."""
     moved = []
-    folder = parts_dir(run_dir)
+    folder = RunDirectory(run_dir).parts
     for path in sorted(folder.glob("*.csv")) if folder.is_dir() else []:
         problem = part_problem(path, variants, attributes)
         if problem is None:
             continue
-        target = quarantine_dir(run_dir) / path.name
+        target = RunDirectory(run_dir).quarantine / path.name
         for copy in itertools.count(1):
             if not target.exists():
                 break
@@ -163,7 +150,7 @@ def read_parts(run_dir: Path, job_ids: Iterable[str]) -> pd.DataFrame:
     headers = [",".join(PART_COLUMNS), ",".join(LEGACY_PART_COLUMNS)]
     bodies: dict[str, list[str]] = {header: [] for header in headers}
     for job_id in sorted(job_ids):
-        path = part_path(run_dir, job_id)
+        path = RunDirectory(run_dir).part(job_id)
         first, _, body = path.read_text().partition("\n")
         if first not in bodies:
             raise ValueError(f"{path}: not a part file (header {first[:80]!r})")
@@ -214,9 +201,11 @@ def drift_table(parts: pd.DataFrame) -> pd.DataFrame:
     Sorted by a total key, so the same parts give the same bytes."""
     has_drift = parts["mask_cosine"].notna() | parts["importance_rank_correlation"].notna()
     frame = parts[has_drift & parts["source_variant"].isna()]
-    corruption = frame["family"] == Family.CORRUPTION.value
+    severity = frame["family"].map(StrengthAxis.of_family) == StrengthAxis.SEVERITY
     frame = frame.assign(
-        strength=frame["severity"].where(corruption, frame["epsilon"]),
+        strength=frame[StrengthAxis.SEVERITY.column].where(
+            severity, frame[StrengthAxis.EPSILON.column]
+        ),
         n=frame["drift_n"],  # the images the drift was measured on, not the whole shard
     )
     frame = frame.sort_values(DRIFT_SORT_KEY, na_position="first", kind="mergesort")
@@ -327,47 +316,9 @@ def summarize(parts: pd.DataFrame, *, transforms: Mapping[str, str], seed: int =
         }
         sanity = _sanity(group, clean)
         for family, family_rows in group.groupby("family", sort=True):
-            compare = variant != NORMAL and family != Family.TRANSFER.value
-            # Transfer: this variant on the adversarials crafted against the normal model,
-            # paired with the normal model on those very images (its white-box rows).
-            transfer = variant != NORMAL and family == Family.TRANSFER.value
-            # Condition level.
-            keys = ["perturbation", "severity", "epsilon", "source_variant"]
-            for condition, rows_here in family_rows.groupby(keys, dropna=False, sort=True):
-                row = {**base, "level": "condition", "family": family}
-                row.update(dict(zip(keys, condition, strict=True)))
-                row.update(_accuracy(rows_here))
-                if family in (Family.ADVERSARIAL.value, Family.TRANSFER.value):
-                    row["success_rate"] = _success_rate(rows_here, clean)
-                    row["median_distance"] = _pooled_median(rows_here)
-                if compare:
-                    row.update(_paired(rows_here, normal, clusters=False, seed=seed))
-                if transfer:
-                    row.update(_paired_transfer(rows_here, normal, clusters=False, seed=seed))
-                rows.append(row)
-            # Perturbation level (noise and corruptions: pooled over strengths).
-            if family in (Family.NOISE.value, Family.CORRUPTION.value):
-                for perturbation, rows_here in family_rows.groupby("perturbation", sort=True):
-                    row = {**base, "level": "perturbation", "family": family}
-                    row["perturbation"] = perturbation
-                    row.update(_accuracy(rows_here))
-                    if family == Family.NOISE.value:
-                        row["auc"] = _auc(rows_here, clean)
-                    if compare:
-                        row.update(_paired(rows_here, normal, clusters=True, seed=seed))
-                    rows.append(row)
-            # Family level: the headline.
-            row = {**base, "level": "family", "family": family}
-            row.update(_accuracy(family_rows))
-            if compare:
-                row.update(_paired(family_rows, normal, clusters=True, seed=seed))
-            if transfer:
-                row.update(_paired_transfer(family_rows, normal, clusters=True, seed=seed))
-            if family == Family.CORRUPTION.value:
-                row.update(_mce(family_rows, clean, normal, normal_rows))
-            if family == Family.ADVERSARIAL.value:
-                row.update(sanity)
-            rows.append(row)
+            rows += _family_summary(
+                Family(family), family_rows, base, normal, normal_rows, clean, sanity, seed
+            )
     frame = pd.DataFrame(rows)
     for column in SUMMARY_COLUMNS:
         if column not in frame:
@@ -379,6 +330,61 @@ def summarize(parts: pd.DataFrame, *, transforms: Mapping[str, str], seed: int =
         kind="mergesort",
     )
     return frame[SUMMARY_COLUMNS].reset_index(drop=True)
+
+
+def _family_summary(
+    family: Family,
+    family_rows: pd.DataFrame,
+    base: Mapping[str, Any],
+    normal: pd.DataFrame,
+    normal_rows: pd.DataFrame,
+    clean: pd.DataFrame,
+    sanity: Mapping[str, Any],
+    seed: int,
+) -> list[dict[str, Any]]:
+    """The summary rows of one family of one (variant, attribute): every condition, every
+    perturbation (noise and corruptions, pooled over strengths), then the family itself."""
+    rows: list[dict[str, Any]] = []
+    variant = base["variant"]
+    compare = variant != NORMAL and family is not Family.TRANSFER
+    # Transfer: this variant on the adversarials crafted against the normal model, paired
+    # with the normal model on those very images (its white-box rows).
+    transfer = variant != NORMAL and family is Family.TRANSFER
+    keys = ["perturbation", "severity", "epsilon", "source_variant"]
+    for condition, rows_here in family_rows.groupby(keys, dropna=False, sort=True):
+        row = {**base, "level": "condition", "family": family.value}
+        row.update(dict(zip(keys, condition, strict=True)))
+        row.update(_accuracy(rows_here))
+        if family in (Family.ADVERSARIAL, Family.TRANSFER):
+            row["success_rate"] = _success_rate(rows_here, clean)
+            row["median_distance"] = _pooled_median(rows_here)
+        if compare:
+            row.update(_paired(rows_here, normal, clusters=False, seed=seed))
+        if transfer:
+            row.update(_paired_transfer(rows_here, normal, clusters=False, seed=seed))
+        rows.append(row)
+    if family in (Family.NOISE, Family.CORRUPTION):
+        for perturbation, rows_here in family_rows.groupby("perturbation", sort=True):
+            row = {**base, "level": "perturbation", "family": family.value}
+            row["perturbation"] = perturbation
+            row.update(_accuracy(rows_here))
+            if family is Family.NOISE:
+                row["auc"] = _auc(rows_here, clean)
+            if compare:
+                row.update(_paired(rows_here, normal, clusters=True, seed=seed))
+            rows.append(row)
+    row = {**base, "level": "family", "family": family.value}  # the headline
+    row.update(_accuracy(family_rows))
+    if compare:
+        row.update(_paired(family_rows, normal, clusters=True, seed=seed))
+    if transfer:
+        row.update(_paired_transfer(family_rows, normal, clusters=True, seed=seed))
+    if family is Family.CORRUPTION:
+        row.update(_mce(family_rows, clean, normal, normal_rows))
+    if family is Family.ADVERSARIAL:
+        row.update(sanity)
+    rows.append(row)
+    return rows
 
 
 def _pooled_median(group: pd.DataFrame) -> float:
@@ -444,7 +450,7 @@ def _sanity(group: pd.DataFrame, clean: pd.DataFrame) -> dict[str, Any]:
     if adversarial.empty:
         return {}
     per_norm: list[dict[str, bool | None]] = []
-    for norm in ("linf", "l2"):
+    for norm in Norm:
         accuracy, success, decision = {}, {}, None
         for name, rows in adversarial.groupby("perturbation"):
             cls = get_perturbation_class(str(name))
@@ -495,7 +501,7 @@ def write_failures(run_dir: Path, failures: Sequence[Mapping[str, Any]]) -> None
     frame = pd.DataFrame(list(failures), columns=FAILURE_COLUMNS).sort_values(
         "job_id", kind="mergesort"
     )
-    write_csv(run_dir / "failures.csv", frame)
+    write_csv(RunDirectory(run_dir) / FAILURES, frame)
 
 
 def failure_record(job: Job, error: BaseException, attempts: int) -> dict[str, Any]:
@@ -509,7 +515,7 @@ def failure_record(job: Job, error: BaseException, attempts: int) -> dict[str, A
 
 def write_timings(run_dir: Path, timings: Sequence[Mapping[str, Any]]) -> None:
     """Merge with earlier timings (a resumed run keeps the first run's records)."""
-    path = run_dir / "timings.csv"
+    path = RunDirectory(run_dir) / TIMINGS
     frame = pd.DataFrame(list(timings), columns=TIMING_COLUMNS)
     if path.is_file():
         earlier = pd.read_csv(path, dtype={"job_id": str})

@@ -1,15 +1,15 @@
-"""Running a robustness sweep on a trained run directory, in one process.
+"""The stages of a run in one process: training with clean accuracy, and the robustness sweep.
 
-`prepare_sweep` loads what every job needs (the checkpoint, its variants, the evaluation
-split) and expands the config into jobs; `run_sweep_locally` runs the unfinished ones with a
-progress bar; `finish_sweep` merges the parts into `results.csv` and `summary.csv`. The Ray
-fan-out (cluster/sweep.py) reuses `prepare_sweep` and `finish_sweep` and replaces only the
-loop in between.
+`train_run` trains and ranks (`iamt.workflow.train_and_rank`) and measures every variant's
+clean accuracy (`clean.csv`). `prepare_sweep` loads what every job needs (the checkpoint, its
+variants, the evaluation split) and expands the config into jobs; `run_sweep_locally` runs the
+unfinished ones with a progress bar; `finish_sweep` merges the parts into `results.csv` and
+`summary.csv`. The Ray fan-out (cluster/sweep.py) reuses `prepare_sweep` and `finish_sweep`
+and replaces only the loop in between.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
@@ -25,14 +25,16 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from iamt.checkpoint import load_checkpoint
-from iamt.config import ConfigError, RunConfig, config_to_yaml
+from iamt.config import config_to_yaml
 from iamt.data import Split, as_tensors, load_split
 from iamt.importance import importance_from_table
-from iamt.io import write_csv, write_json, write_text
+from iamt.io import write_text
 from iamt.model import AttentionNet
-from iamt.search import chosen_variant
-from iamt.transforms import parse_transform
-from iamt.workflow import CHECKPOINT_STEM, NORMAL, RunDirectoryError, parse_variants
+from iamt.rundir import CLEAN, DRIFT, IMPORTANCE, RESULTS, SUMMARY, RunDirectory
+from iamt.variants import parse_variants, variant_models
+from iamt.workflow import Fit, RunDirectoryError, TrainInputs, now, train_and_rank
+from robustness.clean import clean_accuracy
+from robustness.config import EvaluationConfig
 from robustness.jobs import Job, expand_sweep, run_job
 from robustness.results import (
     drift_table,
@@ -46,12 +48,66 @@ from robustness.results import (
     write_part,
     write_timings,
 )
+from robustness.search import chosen_variant
+
+
+@dataclass
+class TrainRunSummary:
+    run_dir: Path
+    trained: bool
+    clean: pd.DataFrame
+    localisation: dict[str, float]
+
+
+def train_run(
+    config: EvaluationConfig,
+    run_dir: Path,
+    *,
+    force: bool = False,
+    show_progress: bool = True,
+    fit: Fit | None = None,
+    trainer: str = "single process",
+    retrain: bool | None = None,
+    inputs: TrainInputs | None = None,
+) -> TrainRunSummary:
+    """`iamt train` and the training stage of `iamt run`: train and rank
+    (`iamt.workflow.train_and_rank`, whose arguments these are), then the clean accuracy of
+    every variant on the test split."""
+    trained = train_and_rank(
+        config,
+        run_dir,
+        force=force,
+        show_progress=show_progress,
+        fit=fit,
+        trainer=trainer,
+        retrain=retrain,
+        inputs=inputs,
+    )
+    run, manifest = RunDirectory(run_dir), trained.manifest
+    manifest["stage"] = "clean"
+    run.write_manifest(manifest)
+    tick = time.perf_counter()
+    variants, test_set = trained.inputs.variants, trained.inputs.test_set
+    clean = clean_accuracy(config, trained.model, variants, trained.importance, test_set)
+    run.write_csv(CLEAN, clean)
+    timings = {**trained.timings, "clean_s": time.perf_counter() - tick}
+    timings["total_s"] = timings["train_and_rank_s"] + timings["clean_s"]
+    manifest.update(
+        status="done",
+        stage="done",
+        finished=now(),
+        timings=timings,
+        clean_accuracy={f"{r.variant}/{r.attribute}": r.accuracy for r in clean.itertuples()},
+        localisation_ratio=trained.localisation,
+    )
+    run.write_manifest(manifest)
+    return TrainRunSummary(run_dir, trained.trained, clean, trained.localisation)
 
 
 @dataclass
 class Sweep:
     run_dir: Path
-    config: RunConfig
+    config: EvaluationConfig
     models: dict[str, nn.Module]
     transforms: dict[str, str]
     images: Tensor  # (N, 3, H, W) the evaluation split
@@ -69,8 +125,9 @@ class Sweep:
 
 def load_trained(run_dir: Path) -> tuple[AttentionNet, Tensor]:
     """The normal model from the checkpoint and its channel importance (A, C)."""
-    model, _ = load_checkpoint(run_dir / CHECKPOINT_STEM)
-    importance_path = run_dir / "importance.csv"
+    run = RunDirectory(run_dir)
+    model, _ = load_checkpoint(run.checkpoint_stem)
+    importance_path = run / IMPORTANCE
     if not importance_path.is_file():
         raise RunDirectoryError(f"{importance_path} is missing: run `iamt train` first")
     importance = importance_from_table(
@@ -79,30 +136,22 @@ def load_trained(run_dir: Path) -> tuple[AttentionNet, Tensor]:
     return model, importance
 
 
-def load_variants(run_dir: Path, config: RunConfig) -> tuple[dict[str, nn.Module], dict[str, str]]:
+def load_variants(
+    run_dir: Path, config: EvaluationConfig
+) -> tuple[dict[str, nn.Module], dict[str, str]]:
     """The normal model from the checkpoint, every configured emphasized view of it, and the
     transform the emphasis search chose (`search.json`), when the config asks for a search."""
     model, importance = load_trained(run_dir)
-    variants = parse_variants(config)
-    searched = chosen_variant(run_dir, config)
-    if searched is not None:
-        name, spec = searched
-        if name in variants:
-            raise ConfigError(f"search.variant {name!r} is also a configured emphasis variant")
-        variants[name] = parse_transform(spec)
-    models: dict[str, nn.Module] = {}
-    transforms: dict[str, str] = {}
-    for name, transform in variants.items():
-        models[name] = model if name == NORMAL else model.with_transform(transform, importance)
-        models[name].eval()
-        transforms[name] = transform.spec()
-    return models, transforms
+    transforms = parse_variants(config, extra=chosen_variant(run_dir, config))
+    models = variant_models(model, transforms, importance)
+    return models, {name: transform.spec() for name, transform in transforms.items()}
 
 
-def prepare_sweep(run_dir: Path, config: RunConfig) -> Sweep:
-    if not (run_dir / CHECKPOINT_STEM).with_suffix(".json").is_file():
+def prepare_sweep(run_dir: Path, config: EvaluationConfig) -> Sweep:
+    run = RunDirectory(run_dir)
+    if not run.has_checkpoint():
         raise RunDirectoryError(
-            f"{run_dir} holds no trained model ({CHECKPOINT_STEM}.json); run `iamt train` first"
+            f"{run_dir} holds no trained model ({run.checkpoint_stem}.json); run `iamt train` first"
         )
     models, transforms = load_variants(run_dir, config)
     robustness = config.robustness
@@ -192,21 +241,17 @@ def finish_sweep(sweep: Sweep) -> dict[str, Any]:
     results = merge_results(
         parts, run=config.name, dataset=config.data.name.value, transforms=sweep.transforms
     )
-    write_csv(run_dir / "results.csv", results)
-    write_csv(
-        run_dir / "summary.csv", summarize(parts, transforms=sweep.transforms, seed=config.seed)
-    )
-    write_csv(run_dir / "drift.csv", drift_table(parts))
+    run = RunDirectory(run_dir)
+    run.write_csv(RESULTS, results)
+    run.write_csv(SUMMARY, summarize(parts, transforms=sweep.transforms, seed=config.seed))
+    run.write_csv(DRIFT, drift_table(parts))
     write_failures(run_dir, sweep.failures)
     write_timings(run_dir, sweep.timings)
     return {"total": len(sweep.jobs), "done": len(finished), "failed": len(sweep.failures)}
 
 
 def update_manifest(run_dir: Path, **fields: Any) -> None:
-    path = run_dir / "manifest.json"
-    manifest: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
-    manifest.update(fields)
-    write_json(path, manifest)
+    RunDirectory(run_dir).update_manifest(**fields)
 
 
 class SweepRunner(Protocol):
@@ -224,14 +269,14 @@ class SweepRunner(Protocol):
 
 def evaluate_run(
     run_dir: Path,
-    config: RunConfig,
+    config: EvaluationConfig,
     *,
     show_progress: bool = True,
     run_sweep: SweepRunner = run_sweep_locally,
 ) -> Mapping[str, Any]:
     """`iamt evaluate` (one process, no Ray) and the sweep stage of `iamt run` (`run_sweep`)."""
     sweep = prepare_sweep(run_dir, config)
-    write_text(run_dir / "config.yaml", config_to_yaml(config))
+    write_text(RunDirectory(run_dir).config, config_to_yaml(config))
     started = time.perf_counter()
 
     def progress(done: int, failed: int, total: int) -> None:

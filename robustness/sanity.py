@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from iamt.vocabulary import SANITY_CHECKS
+
 __all__ = [
     "CHECKS",
     "FGSM",
@@ -33,13 +35,7 @@ FGSM = "fgsm"
 LINF_PGD = "linf_pgd"
 """Attack name of L∞ projected gradient descent (Madry et al. 2018), for `pgd_beats_fgsm`."""
 
-CHECKS = (
-    "monotone_in_epsilon",
-    "pgd_beats_fgsm",
-    "reaches_full_success",
-    "whitebox_beats_transfer",
-    "no_gradient_masking",
-)
+CHECKS = SANITY_CHECKS
 """The flags `sanity_flags` returns, in this order."""
 
 Curve = Mapping[float, float]
@@ -131,18 +127,9 @@ def sanity_flags(
         raise ValueError(f"large_epsilon must be finite and >= 0, got {large_epsilon}")
 
     best = _best_gradient(success_by_attack)
-
     pgd_beats_fgsm: bool | None = None
     if FGSM in success_by_attack and LINF_PGD in success_by_attack:
         pgd_beats_fgsm = _at_least(success_by_attack[LINF_PGD], success_by_attack[FGSM], tolerance)
-
-    reaches_full_success: bool | None = None
-    if best:
-        at = max(best) if large_epsilon is None else large_epsilon
-        success = _lookup(best, at)
-        if success is not None:
-            reaches_full_success = success >= 1 - tolerance
-
     whitebox_beats_transfer = (
         None if transfer_success is None else _at_least(best, transfer_success, tolerance)
     )
@@ -155,10 +142,20 @@ def sanity_flags(
     return {
         "monotone_in_epsilon": _monotone(robust_accuracy_by_attack, tolerance),
         "pgd_beats_fgsm": pgd_beats_fgsm,
-        "reaches_full_success": reaches_full_success,
+        "reaches_full_success": _reaches_full_success(best, large_epsilon, tolerance),
         "whitebox_beats_transfer": whitebox_beats_transfer,
         "no_gradient_masking": no_gradient_masking,
     }
+
+
+def _reaches_full_success(
+    best: Curve, large_epsilon: float | None, tolerance: float
+) -> bool | None:
+    """The strongest gradient attack breaks (nearly) every input at the large ε."""
+    if not best:
+        return None
+    success = _lookup(best, max(best) if large_epsilon is None else large_epsilon)
+    return None if success is None else success >= 1 - tolerance
 
 
 def all_passed(flags: Mapping[str, bool | None], *, strict: bool = False) -> bool | None:

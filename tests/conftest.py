@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import torch
 
-from iamt.config import RunConfig, parse_config
-from iamt.workflow import TrainRunSummary, train_run
+from cluster.config import RunConfig, parse_config
+from robustness.runner import TrainRunSummary, train_run
 
 # One torch thread. Measured on this 2-core machine while another process kept one core busy:
 # with 2 threads a forward + backward of a tiny model took 0.6 s instead of 4 ms (OpenMP

@@ -15,17 +15,19 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from cluster.config import parse_config
 from iamt.checkpoint import load_checkpoint
-from iamt.config import parse_config
 from iamt.data.shapes import make_shapes
 from iamt.importance import channel_importance
 from iamt.model import AttentionNet
+from iamt.rundir import RunDirectory
 from iamt.transforms import parse_transform
-from iamt.workflow import CHECKPOINT_STEM, train_run
 from robustness.perturbations import (
     Attack,
     AttackOutcome,
     Family,
+    FixedEpsilonAttack,
+    MinimisationAttack,
     PerturbationError,
     StrengthAxis,
     create_perturbation,
@@ -33,6 +35,7 @@ from robustness.perturbations import (
     list_perturbations,
 )
 from robustness.perturbations.attacks import STEP_FACTOR, AutoAttackBase, attribute_view, predict
+from robustness.runner import train_run
 
 ADVERSARIAL = list_perturbations(Family.ADVERSARIAL)
 AUTOATTACKS = [n for n in ADVERSARIAL if issubclass(get_perturbation_class(n), AutoAttackBase)]
@@ -71,7 +74,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> AttentionNet:
     """A small AttentionNet trained on `shapes`, loaded back from its checkpoint."""
     run_dir = tmp_path_factory.mktemp("attack-runs") / "attacks"
     train_run(parse_config(MODEL_CONFIG), run_dir, show_progress=False)
-    loaded, _ = load_checkpoint(run_dir / CHECKPOINT_STEM)
+    loaded, _ = load_checkpoint(RunDirectory(run_dir).checkpoint_stem)
     return loaded
 
 
@@ -122,7 +125,7 @@ def _check_outcome(
         assert success.dtype == torch.bool and success.shape == (n,)
         # The success flags say what the model does with the adversarials.
         assert torch.equal(success, predict(view, adversarial) != labels)
-    if attack.minimization:
+    if isinstance(attack, MinimisationAttack):
         distances = outcome.distances
         assert distances is not None and distances.shape == (n,)
         assert distances.is_floating_point()
@@ -162,6 +165,8 @@ def test_registry_lists_the_attacks() -> None:
         assert issubclass(cls, Attack) and cls.name == name
         assert cls.family is Family.ADVERSARIAL and cls.axis is StrengthAxis.EPSILON
         assert cls.norm in ("linf", "l2"), name
+        # Exactly one kind, as in foolbox: fixed-ε or minimisation.
+        assert issubclass(cls, FixedEpsilonAttack) != issubclass(cls, MinimisationAttack), name
         # An L∞ bound beyond 1 is meaningless for [0, 1] images; an L2 bound may exceed 1.
         assert cls.max_strength == (1.0 if cls.norm == "linf" else 16.0), name
         attack = create_perturbation(name)  # the defaults are valid
@@ -198,7 +203,7 @@ def test_attack_outcome_and_determinism(
     # Meaningful on this model: the attack flips at least one correctly classified sample.
     correct = predict(view, images) == labels
     assert bool(correct.any())
-    if attack.minimization:
+    if isinstance(attack, MinimisationAttack):
         assert outcome.distances is not None
         assert bool(torch.isfinite(outcome.distances[correct]).any()), name
     else:

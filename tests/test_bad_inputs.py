@@ -691,6 +691,13 @@ def test_bad_input_is_refused_clearly_and_loses_nothing(
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     ws = Workspace(tmp_path / "ws", evaluated_run_dir)
     call = case.act(ws)
+    # Run from an empty folder inside the workspace: whatever a refused call would write
+    # relative to the working directory (the default `runs/<name>`, a stray probe) lands where
+    # the snapshot sees it. The unwritable case's own target, /proc/iamt-run, cannot be
+    # created at all, so the working directory is where its leftovers could show up.
+    cwd = ws.root / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
     before = snapshot(ws.root)
 
     with pytest.raises(case.error) as caught:
@@ -700,8 +707,8 @@ def test_bad_input_is_refused_clearly_and_loses_nothing(
     missing = [fragment for fragment in case.fragments if fragment not in message]
     assert not missing, f"message lacks {missing}: {message}"
     assert not ws.new.exists(), "a partial run directory was left behind"
+    assert not any(cwd.iterdir()), f"left in the working directory: {sorted(cwd.iterdir())}"
     assert snapshot(ws.root) == before, "an input or the existing run was changed"
-    assert not any(Path("/proc").glob("iamt-run*"))
     assert not list(ws.root.rglob("SENTINEL")), "unpickling ran the planted code"
 
 

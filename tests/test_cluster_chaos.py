@@ -20,10 +20,9 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
+from cluster.config import parse_config
 from cluster.sweep import LOOPBACK, RaySweepStats, keep_ray_on_loopback, run_sweep_on_ray
-from iamt.config import parse_config
-from iamt.workflow import TrainRunSummary
-from robustness.runner import finish_sweep, prepare_sweep
+from robustness.runner import TrainRunSummary, finish_sweep, prepare_sweep
 from tests.conftest import SMALL_SWEEP, TINY
 
 pytestmark = pytest.mark.e2e

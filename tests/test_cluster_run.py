@@ -18,8 +18,7 @@ import pytest
 import yaml
 
 from cluster.cli import main
-from iamt.workflow import CHECKPOINT_STEM
-from robustness.results import parts_dir
+from iamt.rundir import RunDirectory
 from tests.conftest import SMALL_SWEEP, TINY
 
 pytestmark = pytest.mark.e2e
@@ -47,7 +46,7 @@ def _part_stamps(run_dir: Path) -> dict[str, tuple[int, int]]:
     """(inode, mtime_ns) of every part file: a recomputed job would change both."""
     return {
         path.name: (path.stat().st_ino, path.stat().st_mtime_ns)
-        for path in parts_dir(run_dir).glob("*.csv")
+        for path in RunDirectory(run_dir).parts.glob("*.csv")
     }
 
 
@@ -61,7 +60,7 @@ def test_iamt_run_on_a_trained_checkpoint_equals_iamt_evaluate_and_reruns_for_fr
         "--out",
         str(run_dir),
         "--checkpoint",
-        str(tiny_run_dir / CHECKPOINT_STEM),
+        str(RunDirectory(tiny_run_dir).checkpoint_stem),
         "--quiet",
     ]
     assert main(argv) == 0
@@ -74,9 +73,10 @@ def test_iamt_run_on_a_trained_checkpoint_equals_iamt_evaluate_and_reruns_for_fr
     assert manifest["ray"] == "embedded local Ray (127.0.0.1)"
     assert "trainer" not in manifest  # the checkpoint was adopted, not trained
     assert (run_dir / "report.html").is_file()
-    assert (run_dir / CHECKPOINT_STEM).with_suffix(".safetensors").read_bytes() == (
-        tiny_run_dir / CHECKPOINT_STEM
-    ).with_suffix(".safetensors").read_bytes()
+    assert (
+        RunDirectory(run_dir).checkpoint_stem.with_suffix(".safetensors").read_bytes()
+        == (RunDirectory(tiny_run_dir).checkpoint_stem).with_suffix(".safetensors").read_bytes()
+    )
 
     before = _part_stamps(run_dir)
     results = (run_dir / "results.csv").read_bytes()
@@ -95,7 +95,7 @@ def test_an_interrupted_run_resumes_without_recomputing_finished_jobs(
         "--out",
         str(run_dir),
         "--checkpoint",
-        str(tiny_run_dir / CHECKPOINT_STEM),
+        str(RunDirectory(tiny_run_dir).checkpoint_stem),
         "--quiet",
         "--no-report",
     ]
@@ -142,7 +142,7 @@ def test_a_checkpoint_that_does_not_fit_the_config_is_refused_before_any_work(
             "--out",
             str(run_dir),
             "--checkpoint",
-            str(tiny_run_dir / CHECKPOINT_STEM),
+            str(RunDirectory(tiny_run_dir).checkpoint_stem),
         ]
     )
     assert code == 2

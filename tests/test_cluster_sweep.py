@@ -14,12 +14,11 @@ import psutil
 import pytest
 import ray
 
+from cluster.config import RunConfig, parse_config
 from cluster.sweep import init_local_ray, run_sweep_on_ray
-from iamt.config import RunConfig, parse_config
-from iamt.workflow import TrainRunSummary
+from iamt.rundir import RunDirectory
 from robustness.perturbations import Family
-from robustness.results import part_path
-from robustness.runner import Sweep, finish_sweep, prepare_sweep
+from robustness.runner import Sweep, TrainRunSummary, finish_sweep, prepare_sweep
 from tests.conftest import SMALL_SWEEP, TINY
 
 
@@ -71,7 +70,7 @@ def _drop_parts(run_dir: Path, sweep: Sweep, family: Family, count: int) -> list
     ids = [job.job_id for job in sweep.jobs if job.family is family][:count]
     assert len(ids) == count
     for job_id in ids:
-        part_path(run_dir, job_id).unlink()
+        RunDirectory(run_dir).part(job_id).unlink()
     return ids
 
 
@@ -109,7 +108,7 @@ def test_a_rerun_recomputes_only_the_missing_parts(ray_run_dir: Path, tmp_path: 
     sweep = prepare_sweep(run_dir, _config())
     dropped = _drop_parts(run_dir, sweep, Family.CORRUPTION, 2)
     kept = {
-        job.job_id: part_path(run_dir, job.job_id).stat().st_mtime_ns
+        job.job_id: RunDirectory(run_dir).part(job.job_id).stat().st_mtime_ns
         for job in sweep.jobs
         if job.job_id not in dropped
     }
@@ -121,7 +120,7 @@ def test_a_rerun_recomputes_only_the_missing_parts(ray_run_dir: Path, tmp_path: 
     assert (stats.submitted, stats.finished) == (2, 2)
     assert {record["job_id"] for record in sweep.timings} == set(dropped)
     for job_id, mtime in kept.items():
-        assert part_path(run_dir, job_id).stat().st_mtime_ns == mtime, job_id
+        assert RunDirectory(run_dir).part(job_id).stat().st_mtime_ns == mtime, job_id
     assert (run_dir / "results.csv").read_bytes() == (ray_run_dir / "results.csv").read_bytes()
     # timings.csv keeps the first run's records for the jobs not rerun.
     assert len(pd.read_csv(run_dir / "timings.csv")) == len(sweep.jobs)

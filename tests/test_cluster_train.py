@@ -12,14 +12,15 @@ import pytest
 import ray
 import torch
 
+from cluster.config import RunConfig, parse_config
 from cluster.sweep import init_local_ray
-from cluster.train import STORAGE_DIR, FitRequest, fit_many_on_ray, fit_on_ray
+from cluster.train import FitRequest, fit_many_on_ray, fit_on_ray
 from iamt.checkpoint import load_checkpoint
-from iamt.config import RunConfig, parse_config
 from iamt.data import Split, load_split
 from iamt.model import Architecture, AttentionNet, build_model
+from iamt.rundir import RunDirectory
 from iamt.train import channel_statistics, seed_everything
-from iamt.workflow import CHECKPOINT_STEM, TrainRunSummary, train_run
+from robustness.runner import TrainRunSummary, train_run
 from tests.conftest import TINY
 
 # Enough data and epochs to learn the shapes attributes (single process, 1 thread: ~10 s).
@@ -54,7 +55,7 @@ def _initial_model(config: RunConfig) -> AttentionNet:
 
 
 def _weights(run_dir: Path) -> bytes:
-    return (run_dir / CHECKPOINT_STEM).with_suffix(".safetensors").read_bytes()
+    return RunDirectory(run_dir).checkpoint_stem.with_suffix(".safetensors").read_bytes()
 
 
 def test_one_worker_trains_the_single_process_weights_bit_for_bit_concurrently(
@@ -76,13 +77,13 @@ def test_one_worker_trains_the_single_process_weights_bit_for_bit_concurrently(
     ]
     histories = fit_many_on_ray(requests, show_progress=False)
     for request, history, reference in zip(requests, histories, single, strict=True):
-        expected, _ = load_checkpoint(reference.run_dir / CHECKPOINT_STEM)
+        expected, _ = load_checkpoint(RunDirectory(reference.run_dir).checkpoint_stem)
         trained = request.model.state_dict()
         for name, tensor in expected.state_dict().items():
             assert trained[name].equal(tensor), name
         assert [record.epoch for record in history] == [1]
         assert history[0].seconds > 0
-        assert (request.run_dir / STORAGE_DIR / "train").is_dir()  # Ray Train's storage path
+        assert (RunDirectory(request.run_dir).train_storage / "train").is_dir()  # Ray Train's
     first, second = (request.model.state_dict() for request in requests)
     assert any(not first[name].equal(second[name]) for name in first), "two seeds, one model"
 

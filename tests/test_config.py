@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from iamt.config import ConfigError, RunConfig, apply_overrides, load_config, parse_config
+from cluster.config import RunConfig, apply_overrides, load_config, parse_config
+from iamt.config import ConfigError
 from iamt.data import DatasetName
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

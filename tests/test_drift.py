@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from iamt.config import ModelConfig
 from iamt.data.shapes import SHAPES_ATTRIBUTES
 from iamt.model import Architecture, AttentionOutput, build_model
+from iamt.rundir import DRIFT_COLUMNS, LEGACY_PART_COLUMNS, PART_COLUMNS
 from iamt.transforms import parse_transform
 from robustness import results
 from robustness.drift import (
@@ -27,7 +28,6 @@ from robustness.drift import (
     rank_correlation,
 )
 from robustness.jobs import predict_all
-from robustness.schema import DRIFT_COLUMNS, LEGACY_PART_COLUMNS, PART_COLUMNS
 
 IMAGES = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))  # (N, 3, H, W)
 NOISY = (

@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from iamt.config import parse_config
-from iamt.workflow import TrainRunSummary, train_run
+from cluster.config import parse_config
 from robustness.jobs import run_job
 from robustness.perturbations import Family
 from robustness.perturbations.native import NATIVE_CORRUPTIONS, Fidelity
-from robustness.runner import prepare_sweep
+from robustness.runner import TrainRunSummary, prepare_sweep, train_run
 from tests.conftest import SMALL_SWEEP, TINY
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -6,8 +6,10 @@ Parametrized over the registry (`list_perturbations(family)`), as timm's tests a
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import pickle
+from typing import ClassVar
 
 import imagecorruptions
 import numpy as np
@@ -16,6 +18,7 @@ import torch
 from torch import Tensor
 
 from iamt.data.shapes import make_shapes
+from iamt.vocabulary import Engine
 from robustness.perturbations import (
     Family,
     ImagePerturbation,
@@ -25,7 +28,8 @@ from robustness.perturbations import (
     get_perturbation_class,
     list_perturbations,
 )
-from robustness.perturbations.corruptions import SEED_KEYWORD_CORRUPTIONS
+from robustness.perturbations.corruptions import SEED_KEYWORD_CORRUPTIONS, Corruption
+from robustness.perturbations.native import NATIVE_CORRUPTIONS, native_names
 
 NOISES = list_perturbations(Family.NOISE)
 CORRUPTIONS = list_perturbations(Family.CORRUPTION)
@@ -103,6 +107,58 @@ def test_corruption_repr_and_pickle(name: str) -> None:
         restored = pickle.loads(pickle.dumps(perturbation))
         assert type(restored) is type(perturbation) and restored == perturbation
     assert create_perturbation(name) == create_perturbation(name, engine="reference")
+
+
+@pytest.mark.parametrize("name", CORRUPTIONS)
+def test_corruption_engines_come_from_the_native_registry(name: str) -> None:
+    cls = get_perturbation_class(name)
+    assert issubclass(cls, Corruption)
+    assert cls.engines == (
+        (Engine.REFERENCE, Engine.NATIVE) if name in NATIVE_CORRUPTIONS else (Engine.REFERENCE,)
+    )
+    assert cls.native_default == (name in native_names(default_only=True))
+    assert cls.resolve_engine(Engine.AUTO) is (
+        Engine.NATIVE if cls.native_default else Engine.REFERENCE
+    )
+    assert cls.resolve_engine("reference") is Engine.REFERENCE
+    # A string engine is accepted and held as the Engine it names.
+    assert create_perturbation(name, engine="native").engine is Engine.NATIVE  # type: ignore[attr-defined]
+
+
+def test_corruption_refuses_auto_and_unknown_engines() -> None:
+    for engine in (Engine.AUTO, "auto", "fast"):
+        with pytest.raises(
+            PerturbationError, match=r"unknown corruption engine.*'reference', 'native'"
+        ):
+            create_perturbation("fog", engine=engine)
+    with pytest.raises(PerturbationError, match=r"'fast'.*'auto', 'reference', 'native'"):
+        get_perturbation_class("fog").resolve_engine("fast")  # type: ignore[attr-defined]
+
+
+def test_a_corruption_without_a_native_engine_refuses_native() -> None:
+    @dataclasses.dataclass(frozen=True, repr=False)
+    class ReferenceOnly(Corruption):  # not registered: the real registry is left alone
+        name: ClassVar[str] = "reference_only"
+
+    assert ReferenceOnly.engines == (Engine.REFERENCE,)
+    assert ReferenceOnly.resolve_engine(Engine.AUTO) is Engine.REFERENCE
+    for ask in (
+        lambda: ReferenceOnly.resolve_engine(Engine.NATIVE),
+        lambda: ReferenceOnly(engine="native"),  # type: ignore[arg-type]  # a config's string
+    ):
+        with pytest.raises(
+            PerturbationError, match="'reference_only' has no native engine"
+        ) as error:
+            ask()
+        assert all(native in str(error.value) for native in native_names())
+
+
+def test_severity_stays_an_int(images: Tensor) -> None:
+    cls = get_perturbation_class("fog")
+    assert cls.axis.column == "severity"
+    for severity in (3, 3.0):
+        checked = cls.validate_strength(severity)
+        assert checked == 3 and type(checked) is int
 
 
 # ---------------------------------------------------------------- noise

@@ -35,7 +35,7 @@ from typing import Any
 import pytest
 import yaml
 
-from iamt.config import parse_config
+from cluster.config import parse_config
 from robustness.runner import evaluate_run
 from tests.conftest import SMALL_SWEEP, TINY
 

@@ -25,7 +25,7 @@ def test_a_default_native_corruption_passes_the_fidelity_gate(
 ) -> None:
     results = gate(name, gate_images)
     assert len(results) == 5 * (
-        2 if NATIVE_CORRUPTIONS[name].fidelity is Fidelity.DETERMINISTIC else 1
+        2 if NATIVE_CORRUPTIONS.get(name).fidelity is Fidelity.DETERMINISTIC else 1
     )
     assert not [f"{size} px: {result.row()}" for result, size in results if not result.passed]
 
@@ -39,7 +39,7 @@ def test_a_native_corruption_is_seeded_shaped_and_on_the_uint8_grid(name: str) -
     assert float(first.min()) >= 0.0 and float(first.max()) <= 1.0
     assert torch.equal((first * 255).round() / 255, first)  # the reference's uint8 grid
     assert not torch.equal(first, images)  # it does corrupt
-    if NATIVE_CORRUPTIONS[name].fidelity is Fidelity.RANDOM:
+    if NATIVE_CORRUPTIONS.get(name).fidelity is Fidelity.RANDOM:
         assert not torch.equal(first, corrupt_natively(images, name, 3, seed=8))
     # Smaller and non-square images go through the same resizing rule as the reference.
     for shape in [(2, 3, 16, 16), (2, 3, 32, 48)]:
@@ -55,7 +55,7 @@ def test_a_native_corruption_runs_on_cuda_seeded_and_stays_there(name: str) -> N
     assert first.is_cuda and first.shape == images.shape
     assert torch.equal(first, corrupt_natively(images, name, 3, seed=7))  # seeded on the GPU
     assert torch.equal((first * 255).round() / 255, first)  # the reference's uint8 grid
-    if NATIVE_CORRUPTIONS[name].fidelity is Fidelity.DETERMINISTIC:
+    if NATIVE_CORRUPTIONS.get(name).fidelity is Fidelity.DETERMINISTIC:
         # The same maths as on the CPU: at most one uint8 level apart (float order differs).
         on_cpu = corrupt_natively(images.cpu(), name, 3, seed=7)
         assert float((first.cpu() - on_cpu).abs().max()) <= 1 / 255 + 1e-6

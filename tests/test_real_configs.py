@@ -15,9 +15,10 @@ import pandas as pd
 import pytest
 import ray
 
+from cluster.config import RunConfig, load_config
 from cluster.pipeline import check_resources_fit, run_pipeline
 from cluster.sweep import init_local_ray
-from iamt.config import Backbone, RunConfig, load_config
+from iamt.config import Backbone
 from iamt.data.base import DatasetName
 from tests.test_real_loaders import CELEBA_NAMES, write_celeba, write_cifar
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -13,6 +14,7 @@ from scipy import stats
 
 from cluster.cli import main
 from dashboards import report
+from iamt.rundir import SEARCH_REPORT, SEARCH_TABLE, RunDirectory
 
 
 @pytest.fixture
@@ -115,3 +117,34 @@ def test_the_drift_answer_follows_the_paired_interval(emphasized: list[float], a
 def test_a_run_without_drift_says_so(tmp_path: Path) -> None:
     section = "".join(report._drift_section(None, tmp_path / "plots", []))
     assert "has no drift.csv" in section and not (tmp_path / "plots").exists()
+
+
+def test_the_search_section_reads_the_typed_search_table(run_dir: Path) -> None:
+    """search.csv as the search writes it (True/False flags, an empty column) is read through
+    its schema: numbers as numbers, the flags as booleans; the report draws the front."""
+    table = pd.DataFrame(
+        {
+            "spec": ["identity", "topk:alpha=2,k=4", "topk:alpha=3,k=2"],
+            "clean_accuracy": [99.0, 98.5, 97.0],
+            "robust_accuracy": [60.0, 61.0, 60.5],
+            "adversarial_accuracy": [float("nan")] * 3,
+            "clean_cost": [0.0, 0.5, 2.0],
+            "robustness_gain": [0.0, 1.0, 0.5],
+            "adversarial_gain": [float("nan")] * 3,
+            "pareto": [True, True, False],
+            "chosen": [False, True, False],
+        }
+    )
+    table.to_csv(run_dir / SEARCH_TABLE, index=False)
+    chosen = {"spec": "topk:alpha=2,k=4", "robustness_gain": 1.0, "clean_cost": 0.5}
+    search = {"chosen": chosen, "rule": "the largest robustness gain", "variant": "searched"}
+    (run_dir / SEARCH_REPORT).write_text(json.dumps({**search, "n": 64, "conditions": ["fog@3"]}))
+    typed = RunDirectory(run_dir).read_csv(SEARCH_TABLE)
+    assert typed is not None and typed["clean_cost"].dtype.kind == "f"
+    assert str(typed["pareto"].dtype) == "boolean"
+    assert typed["chosen"].tolist() == [False, True, False]
+    page = report.write_report(run_dir).read_text()
+    assert "<h3>Emphasis search (validation split)</h3>" in page
+    assert "3 candidate transforms" in page and "plots/pareto.png" in page
+    assert "The emphasis search chose topk:alpha=2,k=4" in page
+    assert "<h2>Notes</h2>" not in page

@@ -14,9 +14,11 @@ import pytest
 import yaml
 
 from cluster.cli import execute
-from iamt.config import ConfigError, parse_config
+from cluster.config import parse_config
+from iamt.config import ConfigError
 from iamt.data import Split, as_tensors, load_split
-from iamt.search import (
+from robustness.runner import load_trained
+from robustness.search import (
     IDENTITY,
     candidate_specs,
     images_sha256,
@@ -25,7 +27,6 @@ from iamt.search import (
     summarize,
     validation_set,
 )
-from robustness.runner import load_trained
 from tests.conftest import TINY
 
 SEARCH: dict[str, Any] = {
@@ -127,7 +128,7 @@ def test_iamt_search_on_tune_uses_validation_only_and_feeds_the_sweep(
     assert report["split"] == "val" and report["n"] == 48
     # Tune's trials give exactly what measuring every candidate here gives, in any order.
     model, importance = load_trained(run_dir)
-    data = validation_set(config.search, load_split(config.data, Split.VAL, config.seed), 3)
+    data = validation_set(config, load_split(config.data, Split.VAL, config.seed), 3)
     local = summarize(
         [
             measure(model, importance, spec, data, config.search, 3)

@@ -13,12 +13,13 @@ import pandas as pd
 import pytest
 
 from cluster.cli import main
-from iamt.config import ConfigError, RunConfig, load_run_config, parse_config
-from iamt.workflow import TrainRunSummary
+from cluster.config import RunConfig, load_run_config, parse_config
+from iamt.config import ConfigError
+from iamt.rundir import RESULT_COLUMNS, SANITY_COLUMNS
 from robustness import results, runner
 from robustness.jobs import Job, expand_sweep, run_job
 from robustness.perturbations import Family
-from robustness.schema import RESULT_COLUMNS, SANITY_COLUMNS
+from robustness.runner import TrainRunSummary
 from tests.conftest import SMALL_SWEEP, TINY
 
 

@@ -13,9 +13,11 @@ import torch
 import yaml
 
 from cluster.cli import main
+from cluster.config import RunConfig, load_config, parse_config
 from iamt.checkpoint import load_checkpoint, save_checkpoint
-from iamt.config import ConfigError, RunConfig, load_config, parse_config
-from iamt.workflow import RunDirectoryError, TrainRunSummary, adopt_checkpoint, train_run
+from iamt.config import ConfigError
+from iamt.workflow import RunDirectoryError, adopt_checkpoint
+from robustness.runner import TrainRunSummary, train_run
 from tests.conftest import TINY
 
 REPO = Path(__file__).resolve().parents[1]

@@ -370,6 +370,33 @@ def load_folder(
     root = _require(Path(root), "image folder")
     csv_path = _require(root / "attributes.csv", "label file")
     _check_limit(limit)
+    frame, chosen = _read_label_file(csv_path, attributes)
+    files = [root / name for name in frame["filename"]]
+    missing = [str(path) for path in files if not path.is_file()]
+    if missing:
+        raise DatasetError(
+            f"{len(missing)} image(s) listed in {csv_path} not found, e.g. {missing[:3]}"
+        )
+    specs = [AttributeSpec(name, _class_names(frame[name])) for name in chosen]
+    labels = torch.tensor(
+        np.stack(
+            [frame[spec.name].map({c: i for i, c in enumerate(spec.classes)}) for spec in specs],
+            axis=1,
+        ).astype(np.int64)
+    )
+    part = _split_rows(frame, csv_path, Split(split), seed, val_fraction, test_fraction)[:limit]
+    dataset = FolderAttributeDataset(
+        [files[i] for i in part], labels[torch.as_tensor(part, dtype=torch.long)], specs, image_size
+    )
+    dataset.check_images(image_size)
+    return dataset
+
+
+def _read_label_file(
+    csv_path: Path, attributes: Sequence[str] | None
+) -> tuple[pd.DataFrame, list[str]]:
+    """attributes.csv, checked: a filename column, the chosen attribute columns, no empty
+    cells in them. Returns the table and the attribute columns to use."""
     frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skipinitialspace=True)
     frame.columns = [str(column).strip() for column in frame.columns]
     candidates = [column for column in frame.columns if column not in _RESERVED_COLUMNS]
@@ -388,37 +415,28 @@ def load_folder(
         empty = frame.index[frame[column].str.strip() == ""]
         if len(empty):
             raise DatasetError(f"{csv_path}: empty {column!r} in data row {int(empty[0]) + 1}")
-    files = [root / name for name in frame["filename"]]
-    missing = [str(path) for path in files if not path.is_file()]
-    if missing:
-        raise DatasetError(
-            f"{len(missing)} image(s) listed in {csv_path} not found, e.g. {missing[:3]}"
-        )
+    return frame, chosen
 
-    specs = [AttributeSpec(name, _class_names(frame[name])) for name in chosen]
-    labels = torch.tensor(
-        np.stack(
-            [frame[spec.name].map({c: i for i, c in enumerate(spec.classes)}) for spec in specs],
-            axis=1,
-        ).astype(np.int64)
-    )
-    split = Split(split)
-    if "split" in frame.columns:
-        given = frame["split"].str.strip().str.lower()
-        bad = sorted(set(given) - {s.value for s in Split})
-        if bad:
-            raise DatasetError(
-                f"{csv_path}: unknown split value(s) {bad}; valid are: "
-                f"{', '.join(s.value for s in Split)}"
-            )
-        part = np.flatnonzero(given.to_numpy() == split.value)
-    else:
-        part = _seeded_split(
+
+def _split_rows(
+    frame: pd.DataFrame,
+    csv_path: Path,
+    split: Split,
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,
+) -> np.ndarray:
+    """The row indices of `split`: the `split` column where there is one, else a seeded
+    permutation."""
+    if "split" not in frame.columns:
+        return _seeded_split(
             len(frame), split, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction
         )
-    part = part[:limit]
-    dataset = FolderAttributeDataset(
-        [files[i] for i in part], labels[torch.as_tensor(part, dtype=torch.long)], specs, image_size
-    )
-    dataset.check_images(image_size)
-    return dataset
+    given = frame["split"].str.strip().str.lower()
+    bad = sorted(set(given) - {s.value for s in Split})
+    if bad:
+        raise DatasetError(
+            f"{csv_path}: unknown split value(s) {bad}; valid are: "
+            f"{', '.join(s.value for s in Split)}"
+        )
+    return np.flatnonzero(given.to_numpy() == split.value)

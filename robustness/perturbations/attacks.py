@@ -22,12 +22,18 @@ default relative step size, 10-step PGD travels only 0.33·ε and was weaker tha
 | boundary        | L2   | minimisation | decision-based: checks for gradient masking          |
 | autoattack_linf | L∞   | fixed ε      | RobustBench's standard AutoAttack; headline number   |
 | autoattack_l2   | L2   | fixed ε      | as above, in L2                                      |
+
+The kind is the class an attack derives from, as in foolbox: `FixedEpsilonAttack` (one
+adversarial per ε) or `MinimisationAttack` (the smallest adversarial found, and its distance).
+`FoolboxAttack` holds the shared foolbox wrapping; `FoolboxFixedEpsilonAttack` and
+`FoolboxMinimisationAttack` add what each kind returns, so nothing branches on the kind.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
+from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -36,9 +42,12 @@ import foolbox as fb
 import torch
 from torch import Tensor, nn
 
+from iamt.vocabulary import Norm
 from robustness.perturbations.base import (
     Attack,
     AttackOutcome,
+    FixedEpsilonAttack,
+    MinimisationAttack,
     register_perturbation,
 )
 
@@ -70,17 +79,40 @@ def predict(model: nn.Module, images: Tensor, batch_size: int = 512) -> Tensor:
         )
 
 
-def _norms(delta: Tensor, norm: str) -> Tensor:
+def _norms(delta: Tensor, norm: Norm) -> Tensor:
+    """(N,) norms of a batch of perturbations (N, 3, H, W), over the whole image."""
     flat = delta.flatten(1)
-    return flat.abs().amax(dim=1) if norm == "linf" else flat.norm(dim=1)
+    return flat.abs().amax(dim=1) if norm == Norm.LINF else flat.norm(dim=1)
 
 
 class FoolboxAttack(Attack):
-    """Shared steps for foolbox: wrap the model, call the attack, collect per-ε results."""
+    """The shared foolbox wrapping: the model as a `fb.PyTorchModel` on (0, 1), the attack
+    called once for every ε, and the per-ε adversarials and success flags collected. Concrete
+    attacks derive from `FoolboxFixedEpsilonAttack` or `FoolboxMinimisationAttack`."""
 
+    @abstractmethod
     def _foolbox(self) -> Any:
         """The configured foolbox attack object."""
-        raise NotImplementedError
+
+    @staticmethod
+    def _fmodel(model: nn.Module, images: Tensor) -> Any:
+        return fb.PyTorchModel(model.eval(), bounds=(0.0, 1.0), device=images.device)
+
+    def _run_foolbox(
+        self, model: nn.Module, images: Tensor, labels: Tensor, epsilons: Sequence[float]
+    ) -> tuple[list[Tensor], AttackOutcome]:
+        """foolbox's raw (unrestricted) adversarials per ε, and the outcome without distances."""
+        fmodel = self._fmodel(model, images)
+        raw, clipped, success = self._foolbox()(fmodel, images, labels, epsilons=list(epsilons))
+        outcome = AttackOutcome(
+            adversarials={eps: adv.detach() for eps, adv in zip(epsilons, clipped, strict=True)},
+            success={eps: s.detach().cpu() for eps, s in zip(epsilons, success, strict=True)},
+        )
+        return raw, outcome
+
+
+class FoolboxFixedEpsilonAttack(FoolboxAttack, FixedEpsilonAttack):
+    """A foolbox attack bounded by each ε: its outcome is foolbox's, per ε."""
 
     def _attack(
         self,
@@ -90,19 +122,31 @@ class FoolboxAttack(Attack):
         epsilons: Sequence[float],
         generator: torch.Generator,
     ) -> AttackOutcome:
-        fmodel = fb.PyTorchModel(model.eval(), bounds=(0.0, 1.0), device=images.device)
-        raw, clipped, success = self._foolbox()(fmodel, images, labels, epsilons=list(epsilons))
-        outcome = AttackOutcome(
-            adversarials={eps: adv.detach() for eps, adv in zip(epsilons, clipped, strict=True)},
-            success={eps: s.detach().cpu() for eps, s in zip(epsilons, success, strict=True)},
-        )
-        if self.minimization:
-            # Minimisation attacks return the same unrestricted adversarial for every ε.
-            found = raw[0].detach()
-            fooled = (predict(model, found) != labels) & ~self._gave_up(found, images)
-            distances = _norms(found - images, self.norm)
-            outcome.distances = torch.where(fooled, distances, torch.inf).cpu()
+        return self._run_foolbox(model, images, labels, epsilons)[1]
+
+
+class FoolboxMinimisationAttack(FoolboxAttack, MinimisationAttack):
+    """A foolbox minimisation attack: besides the per-ε results, the distance of the smallest
+    adversarial it found for each sample (inf where it found none)."""
+
+    def _attack(
+        self,
+        model: nn.Module,
+        images: Tensor,
+        labels: Tensor,
+        epsilons: Sequence[float],
+        generator: torch.Generator,
+    ) -> AttackOutcome:
+        raw, outcome = self._run_foolbox(model, images, labels, epsilons)
+        # Minimisation attacks return the same unrestricted adversarial for every ε.
+        outcome.distances = self._distances(model, raw[0].detach(), images, labels)
         return outcome
+
+    def _distances(self, model: nn.Module, found: Tensor, images: Tensor, labels: Tensor) -> Tensor:
+        """(N,) on the CPU: the norm of `found - images` where `found` fools the model, else inf."""
+        fooled = (predict(model, found) != labels) & ~self._gave_up(found, images)
+        distances = _norms(found - images, self.norm)
+        return torch.where(fooled, distances, torch.inf).cpu()
 
     def _gave_up(self, found: Tensor, images: Tensor) -> Tensor:
         """(N,) bool: samples where the attack returned a placeholder instead of a result."""
@@ -111,9 +155,9 @@ class FoolboxAttack(Attack):
 
 @register_perturbation
 @dataclass(frozen=True)
-class FGSM(FoolboxAttack):
+class FGSM(FoolboxFixedEpsilonAttack):
     name: ClassVar[str] = "fgsm"
-    norm: ClassVar[str] = "linf"
+    norm: ClassVar[Norm] = Norm.LINF
     max_strength: ClassVar[float] = 1.0
 
     def _foolbox(self) -> Any:
@@ -122,9 +166,9 @@ class FGSM(FoolboxAttack):
 
 @register_perturbation
 @dataclass(frozen=True)
-class LinfPGD(FoolboxAttack):
+class LinfPGD(FoolboxFixedEpsilonAttack):
     name: ClassVar[str] = "linf_pgd"
-    norm: ClassVar[str] = "linf"
+    norm: ClassVar[Norm] = Norm.LINF
     max_strength: ClassVar[float] = 1.0
     steps: int = 10
 
@@ -134,9 +178,9 @@ class LinfPGD(FoolboxAttack):
 
 @register_perturbation
 @dataclass(frozen=True)
-class L2PGD(FoolboxAttack):
+class L2PGD(FoolboxFixedEpsilonAttack):
     name: ClassVar[str] = "l2_pgd"
-    norm: ClassVar[str] = "l2"
+    norm: ClassVar[Norm] = Norm.L2
     steps: int = 10
 
     def _foolbox(self) -> Any:
@@ -145,9 +189,9 @@ class L2PGD(FoolboxAttack):
 
 @register_perturbation
 @dataclass(frozen=True)
-class LinfBIM(FoolboxAttack):
+class LinfBIM(FoolboxFixedEpsilonAttack):
     name: ClassVar[str] = "linf_bim"
-    norm: ClassVar[str] = "linf"
+    norm: ClassVar[Norm] = Norm.LINF
     max_strength: ClassVar[float] = 1.0
     steps: int = 10
 
@@ -159,10 +203,9 @@ class LinfBIM(FoolboxAttack):
 
 @register_perturbation
 @dataclass(frozen=True)
-class L2DeepFool(FoolboxAttack):
+class L2DeepFool(FoolboxMinimisationAttack):
     name: ClassVar[str] = "l2_deepfool"
-    norm: ClassVar[str] = "l2"
-    minimization: ClassVar[bool] = True
+    norm: ClassVar[Norm] = Norm.L2
     steps: int = 50
     overshoot: float = 0.02
 
@@ -172,10 +215,9 @@ class L2DeepFool(FoolboxAttack):
 
 @register_perturbation
 @dataclass(frozen=True)
-class L2CarliniWagner(FoolboxAttack):
+class L2CarliniWagner(FoolboxMinimisationAttack):
     name: ClassVar[str] = "l2_cw"
-    norm: ClassVar[str] = "l2"
-    minimization: ClassVar[bool] = True
+    norm: ClassVar[Norm] = Norm.L2
     binary_search_steps: int = 5
     steps: int = 100
     stepsize: float = 0.01
@@ -194,10 +236,9 @@ class L2CarliniWagner(FoolboxAttack):
 
 @register_perturbation
 @dataclass(frozen=True)
-class LinfFMN(FoolboxAttack):
+class LinfFMN(FoolboxMinimisationAttack):
     name: ClassVar[str] = "linf_fmn"
-    norm: ClassVar[str] = "linf"
-    minimization: ClassVar[bool] = True
+    norm: ClassVar[Norm] = Norm.LINF
     max_strength: ClassVar[float] = 1.0
     steps: int = 100
 
@@ -207,10 +248,9 @@ class LinfFMN(FoolboxAttack):
 
 @register_perturbation
 @dataclass(frozen=True)
-class L2FMN(FoolboxAttack):
+class L2FMN(FoolboxMinimisationAttack):
     name: ClassVar[str] = "l2_fmn"
-    norm: ClassVar[str] = "l2"
-    minimization: ClassVar[bool] = True
+    norm: ClassVar[Norm] = Norm.L2
     steps: int = 100
 
     def _foolbox(self) -> Any:
@@ -219,12 +259,11 @@ class L2FMN(FoolboxAttack):
 
 @register_perturbation
 @dataclass(frozen=True)
-class Boundary(FoolboxAttack):
+class Boundary(FoolboxMinimisationAttack):
     """Decision-based (labels only): if it beats the gradient attacks, gradients are masked."""
 
     name: ClassVar[str] = "boundary"
-    norm: ClassVar[str] = "l2"
-    minimization: ClassVar[bool] = True
+    norm: ClassVar[Norm] = Norm.L2
     steps: int = 500
     init_directions: int = 100
 
@@ -242,7 +281,7 @@ class Boundary(FoolboxAttack):
         """The Boundary attack starts from adversarial points (blended uniform noise). foolbox
         raises when any input has none; here those inputs count as not broken (distance inf)
         and the attack runs on the others."""
-        fmodel = fb.PyTorchModel(model.eval(), bounds=(0.0, 1.0), device=images.device)
+        fmodel = self._fmodel(model, images)
         init = fb.attacks.LinearSearchBlendedUniformNoiseAttack(
             directions=self.init_directions, steps=100
         )
@@ -266,14 +305,14 @@ class Boundary(FoolboxAttack):
             for eps, adversarial, ok in zip(epsilons, clipped, found, strict=True):
                 adversarials[eps][subset] = adversarial.detach()
                 success[eps][index] = ok.detach().cpu()
-            fooled = (predict(model, raw[0]) != labels[subset]).cpu()
-            norms = _norms(raw[0].detach() - images[subset], self.norm).cpu()
-            distances[index] = torch.where(fooled, norms, torch.inf)
+            distances[index] = self._distances(
+                model, raw[0].detach(), images[subset], labels[subset]
+            )
         return AttackOutcome(adversarials, success, distances)
 
 
 @dataclass(frozen=True)
-class AutoAttackBase(Attack):
+class AutoAttackBase(FixedEpsilonAttack):
     """AutoAttack through `pyautoattack` (the packaged fra31/auto-attack), one run per ε.
 
     The standard version's APGD-T and FAB-T target the 9 runner-up classes and APGD-T's DLR
@@ -338,7 +377,7 @@ class AutoAttackBase(Attack):
 @dataclass(frozen=True)
 class AutoAttackLinf(AutoAttackBase):
     name: ClassVar[str] = "autoattack_linf"
-    norm: ClassVar[str] = "linf"
+    norm: ClassVar[Norm] = Norm.LINF
     aa_norm: ClassVar[str] = "Linf"
     max_strength: ClassVar[float] = 1.0
 
@@ -347,5 +386,5 @@ class AutoAttackLinf(AutoAttackBase):
 @dataclass(frozen=True)
 class AutoAttackL2(AutoAttackBase):
     name: ClassVar[str] = "autoattack_l2"
-    norm: ClassVar[str] = "l2"
+    norm: ClassVar[Norm] = Norm.L2
     aa_norm: ClassVar[str] = "L2"

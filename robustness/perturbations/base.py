@@ -4,14 +4,18 @@ The base classes own the shared steps — validate the input batch and the stren
 random generator from the job's seed, clip to [0, 1], check the output's shape and range — and
 each registered subclass writes only its maths:
 
-- `ImagePerturbation._perturb(images, strength, generator)` for model-independent noise and
-  corruptions: generated once per job, then evaluated by every variant;
+- `ImagePerturbation._perturb(images, strength, generator, seed)` for model-independent noise
+  and corruptions: generated once per job, then evaluated by every variant;
 - `Attack._attack(model, images, labels, epsilons, generator)` for adversarial attacks, run
-  against each variant itself.
+  against each variant itself. As in foolbox, an attack is either a `FixedEpsilonAttack` (one
+  adversarial per ε bound) or a `MinimisationAttack` (the smallest adversarial perturbation it
+  finds, whose outcome always carries per-sample `distances`).
 
-Every class is registered by name (`@register_perturbation`), with its family and its strength
-axis, so tests parametrized over `list_perturbations()` cover a new entry for free (as timm's
-`@register_model` does for models).
+Every class is registered by name (`@register_perturbation`) in `PERTURBATIONS`, with its
+family and its strength axis, so tests parametrized over `list_perturbations()` cover a new
+entry for free (as timm's `@register_model` does for models). This module registers nothing
+itself: `robustness/perturbations/__init__.py` imports the modules that do, so importing the
+package (or any module in it) is enough to see every entry.
 """
 
 from __future__ import annotations
@@ -21,61 +25,56 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import Enum
 from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
 
+from iamt.registry import Registry
+from iamt.vocabulary import SEVERITIES, Family, Norm, StrengthAxis
 
-class Family(StrEnum):
-    CLEAN = "clean"
-    NOISE = "noise"
-    CORRUPTION = "corruption"
-    ADVERSARIAL = "adversarial"
-    TRANSFER = "transfer"  # adversarials crafted on one variant, evaluated on another
-
-
-class StrengthAxis(StrEnum):
-    SEVERITY = "severity"  # integer 1..5 (ImageNet-C)
-    EPSILON = "epsilon"  # a norm bound, or a noise scale, in [0, 1] pixel units
+#: A validated strength: an `int` severity on the SEVERITY axis, a `float` ε on the EPSILON one.
+Strength = int | float
 
 
 class PerturbationError(ValueError):
     """A perturbation name, strength or input is invalid; the message names the valid range."""
 
 
-PERTURBATIONS: dict[str, type[Perturbation]] = {}
+PERTURBATIONS: Registry[type[Perturbation]] = Registry("perturbation", PerturbationError)
 
 
 PerturbationType = TypeVar("PerturbationType", bound="type[Perturbation]")
 
 
 def register_perturbation(cls: PerturbationType) -> PerturbationType:
-    if cls.name in PERTURBATIONS:
-        raise RuntimeError(f"perturbation {cls.name!r} is registered twice")
-    PERTURBATIONS[cls.name] = cls
+    """Class decorator: register `cls` under `cls.name` (a second `cls.name` raises
+    `iamt.registry.DuplicateEntryError`)."""
+    PERTURBATIONS.add(cls.name, cls)
     return cls
 
 
 def list_perturbations(family: Family | None = None) -> list[str]:
-    _load_builtin_modules()
-    return sorted(n for n, c in PERTURBATIONS.items() if family is None or c.family is family)
+    """The registered names, sorted; of one family only when `family` is given."""
+    return [n for n, c in PERTURBATIONS.items() if family is None or c.family is family]
 
 
 def get_perturbation_class(name: str) -> type[Perturbation]:
-    _load_builtin_modules()
+    """The class registered as `name`; an unknown name raises naming the valid ones by family."""
     if name not in PERTURBATIONS:
+        # More helpful than the registry's flat list: the valid names grouped by family.
         by_family = {
             family.value: ", ".join(list_perturbations(family))
             for family in (Family.NOISE, Family.CORRUPTION, Family.ADVERSARIAL)
         }
         valid = "; ".join(f"{family}: {names}" for family, names in by_family.items())
         raise PerturbationError(f"unknown perturbation {name!r}; valid are {valid}")
-    return PERTURBATIONS[name]
+    return PERTURBATIONS.get(name)
 
 
 def create_perturbation(name: str, **params: Any) -> Perturbation:
+    """An instance of perturbation `name` with keyword hyperparameters `params`."""
     cls = get_perturbation_class(name)
     try:
         return cls(**params)
@@ -86,12 +85,8 @@ def create_perturbation(name: str, **params: Any) -> Perturbation:
         ) from None
 
 
-def _load_builtin_modules() -> None:
-    # Importing the modules runs their @register_perturbation decorators.
-    from robustness.perturbations import attacks, corruptions, noise  # noqa: F401
-
-
 def check_images(images: Tensor) -> None:
+    """Raise unless `images` is a finite float (N, 3, H, W) batch in [0, 1]."""
     if images.ndim != 4 or images.shape[1] != 3:
         raise PerturbationError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
     if not images.is_floating_point():
@@ -122,7 +117,8 @@ def frozen_parameters(model: nn.Module) -> Iterator[None]:
 
 
 class Perturbation(ABC):
-    """Class attributes every registered perturbation declares."""
+    """Class attributes every registered perturbation declares. `cls.axis.column` names the
+    results column that holds its strengths."""
 
     name: ClassVar[str]
     family: ClassVar[Family]
@@ -139,14 +135,16 @@ class Perturbation(ABC):
         return [f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")]
 
     @classmethod
-    def validate_strength(cls, strength: float) -> float:
-        """Return the strength if valid, else raise naming the bad value and the valid range."""
+    def validate_strength(cls, strength: float) -> Strength:
+        """The one check of a strength: an `int` severity, or a `float` ε, else raise naming
+        the bad value and the valid range."""
         if cls.axis is StrengthAxis.SEVERITY:
-            if strength not in (1, 2, 3, 4, 5) or isinstance(strength, bool):
+            if strength not in SEVERITIES or isinstance(strength, bool):
                 raise PerturbationError(
-                    f"{cls.name}: severity {strength!r} is invalid; valid severities: 1, 2, 3, 4, 5"
+                    f"{cls.name}: severity {strength!r} is invalid; "
+                    f"valid severities: {', '.join(map(str, SEVERITIES))}"
                 )
-            return int(strength)
+            return int(strength)  # 3.0 from a job's float strength is severity 3
         if (
             isinstance(strength, bool)
             or not isinstance(strength, int | float)
@@ -159,8 +157,13 @@ class Perturbation(ABC):
         return float(strength)
 
     def __repr__(self) -> str:
-        params = ", ".join(f"{p}={getattr(self, p)!r}" for p in self.parameter_names())
+        params = ", ".join(f"{p}={_repr_value(getattr(self, p))}" for p in self.parameter_names())
         return f"{type(self).__name__}({params})"
+
+
+def _repr_value(value: Any) -> str:
+    # An Enum parameter (a corruption's engine) reads as the string a config would write.
+    return repr(value.value) if isinstance(value, Enum) else repr(value)
 
 
 class ImagePerturbation(Perturbation):
@@ -169,10 +172,10 @@ class ImagePerturbation(Perturbation):
     def __call__(self, images: Tensor, strength: float, *, seed: int) -> Tensor:
         """images (N, 3, H, W) in [0, 1] -> perturbed images, same shape, in [0, 1]."""
         check_images(images)
-        strength = self.validate_strength(strength)
+        checked = self.validate_strength(strength)
         generator = make_generator(seed, images.device)
         with torch.no_grad():  # a perturbation is data, not part of any graph
-            perturbed = self._perturb(images, strength, generator, seed).clamp(0.0, 1.0)
+            perturbed = self._perturb(images, checked, generator, seed).clamp(0.0, 1.0)
         if perturbed.shape != images.shape or perturbed.dtype != images.dtype:
             raise AssertionError(
                 f"{self.name} returned {tuple(perturbed.shape)} {perturbed.dtype}, "
@@ -182,10 +185,10 @@ class ImagePerturbation(Perturbation):
 
     @abstractmethod
     def _perturb(
-        self, images: Tensor, strength: float, generator: torch.Generator, seed: int
+        self, images: Tensor, strength: Strength, generator: torch.Generator, seed: int
     ) -> Tensor:
-        """The maths. `generator` is seeded from the job; `seed` is there for code that needs
-        its own random state (e.g. numpy-based corruptions)."""
+        """The maths, given a validated strength. `generator` is seeded from the job; `seed`
+        is there for code that needs its own random state (e.g. numpy-based corruptions)."""
 
 
 @dataclass
@@ -194,7 +197,7 @@ class AttackOutcome:
 
     `adversarials[eps]` (N, 3, H, W) and `success[eps]` (N,) bool per requested ε; for
     minimisation attacks also `distances` (N,): the smallest perturbation found (inf where the
-    attack failed), measured in the attack's norm.
+    attack failed), measured in the attack's norm. Fixed-ε attacks leave it None.
     """
 
     adversarials: dict[float, Tensor]
@@ -204,12 +207,14 @@ class AttackOutcome:
 
 
 class Attack(Perturbation):
-    """An adversarial attack against one single-logit model with inputs in [0, 1]."""
+    """An adversarial attack against one single-logit model with inputs in [0, 1].
+
+    The common base: registered attacks derive from `FixedEpsilonAttack` or
+    `MinimisationAttack`, which say what their outcome holds."""
 
     family: ClassVar[Family] = Family.ADVERSARIAL
     axis: ClassVar[StrengthAxis] = StrengthAxis.EPSILON
-    norm: ClassVar[str]  # "linf" or "l2"
-    minimization: ClassVar[bool] = False  # True: finds the smallest adversarial perturbation
+    norm: ClassVar[Norm]
     max_strength: ClassVar[float] = 16.0  # an L2 bound in [0, 1] pixel units may exceed 1
 
     def __post_init__(self) -> None:
@@ -251,6 +256,7 @@ class Attack(Perturbation):
             if adversarial.shape != images.shape:
                 raise AssertionError(f"{self.name}: adversarials at eps={eps} changed shape")
             outcome.adversarials[eps] = adversarial.clamp(0.0, 1.0)
+        self._check_distances(outcome, len(images))
         return outcome
 
     @abstractmethod
@@ -263,3 +269,26 @@ class Attack(Perturbation):
         generator: torch.Generator,
     ) -> AttackOutcome:
         """The maths: craft adversarials for every ε."""
+
+    @abstractmethod
+    def _check_distances(self, outcome: AttackOutcome, count: int) -> None:
+        """Raise AssertionError unless `outcome.distances` is what this kind of attack gives."""
+
+
+class FixedEpsilonAttack(Attack):
+    """An attack bounded by each ε in turn (FGSM, PGD, AutoAttack): one adversarial per ε and
+    no distances (foolbox's `FixedEpsilonAttack`)."""
+
+    def _check_distances(self, outcome: AttackOutcome, count: int) -> None:
+        if outcome.distances is not None:
+            raise AssertionError(f"{self.name}: a fixed-epsilon attack reported distances")
+
+
+class MinimisationAttack(Attack):
+    """An attack that looks for the smallest adversarial perturbation (DeepFool, C&W, FMN,
+    Boundary; foolbox's minimisation attacks). Its outcome always carries `distances` (N,),
+    inf where it found nothing; `adversarials[eps]` is that result restricted to each ε."""
+
+    def _check_distances(self, outcome: AttackOutcome, count: int) -> None:
+        if outcome.distances is None or outcome.distances.shape != (count,):
+            raise AssertionError(f"{self.name}: a minimisation attack must report (N,) distances")

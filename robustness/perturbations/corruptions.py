@@ -25,14 +25,18 @@ package. Each class only names its corruption; the shared maths is `corrupt_imag
 The result is float in [0, 1], NCHW, in the input's dtype (float32 for the usual float32 batch)
 and on the input's device. The work happens on the CPU in numpy, one image at a time, which is
 why these jobs are the slow ones (see the per-image timings in the tests' report).
+
+That is the reference engine. A corruption's `engine` may instead be `Engine.NATIVE`, the batched
+torch port in `robustness.perturbations.native`; each class says which engines it has
+(`engines`) and whether the native one passed the fidelity gate (`native_default`), and
+`resolve_engine` turns a config's `auto` into one of the two.
 """
 
 from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import imagecorruptions
 import numpy as np
@@ -40,13 +44,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from iamt.vocabulary import Engine, Family, StrengthAxis
 from robustness.perturbations.base import (
-    Family,
     ImagePerturbation,
     PerturbationError,
-    StrengthAxis,
+    Strength,
     register_perturbation,
 )
+
+# The native package registers its corruptions on import and never imports this module, so
+# importing it here, at the top, makes no cycle.
+from robustness.perturbations.native import NATIVE_CORRUPTIONS, corrupt_natively, native_names
 
 #: Every corruption, in the package's order: the 15 common ones, then the 4 validation ones.
 CORRUPTION_NAMES: tuple[str, ...] = tuple(imagecorruptions.get_corruption_names("all"))
@@ -81,7 +89,7 @@ def corrupt_uint8(image: np.ndarray, name: str, severity: int, seed: int) -> np.
     np.random.seed(seed)
     keywords = {"seed": seed} if name in SEED_KEYWORD_CORRUPTIONS else {}
     # frost reads one of its six texture files from disk on every call; fine at this scale
-    # (a later native engine can cache them). glass_blur JIT-compiles its pixel shuffle with
+    # (the native engine caches them). glass_blur JIT-compiles its pixel shuffle with
     # numba on its first call in a process (~5 s) and seeds numba's own generator itself.
     corrupted: np.ndarray = imagecorruptions.corrupt(
         image, corruption_name=name, severity=severity, **keywords
@@ -126,46 +134,69 @@ def corrupt_images(images: Tensor, name: str, severity: int, seed: int) -> Tenso
     return result.contiguous().to(device=images.device, dtype=images.dtype)
 
 
-class CorruptionEngine(StrEnum):
-    REFERENCE = "reference"  # imagecorruptions, one image at a time on the CPU (numpy)
-    NATIVE = "native"  # robustness.perturbations.native: batched torch on the batch's device
+#: The engines a corruption instance can run on; `Engine.AUTO` is a config choice, resolved
+#: per corruption by `Corruption.resolve_engine` before an instance is made.
+SERVING_ENGINES: tuple[Engine, ...] = (Engine.REFERENCE, Engine.NATIVE)
 
 
-@dataclass(frozen=True)
+# repr=False here and below: Perturbation.__repr__ prints the engine as the string a config
+# writes, `FogCorruption(engine='native')`, as the dataclass repr did when it was a string.
+@dataclass(frozen=True, repr=False)
 class Corruption(ImagePerturbation):
-    """An ImageNet-C corruption at severity 1..5; subclasses only set `name`. `engine` picks
-    the reference package or the native torch port (`robustness.perturbations.native`)."""
+    """An ImageNet-C corruption at severity 1..5; subclasses only set `name` and the engine
+    metadata. `engine` picks the reference package or the native torch port
+    (`robustness.perturbations.native`)."""
 
     family: ClassVar[Family] = Family.CORRUPTION
     axis: ClassVar[StrengthAxis] = StrengthAxis.SEVERITY
     min_strength: ClassVar[float] = 1
     max_strength: ClassVar[float] = 5
+    # Filled from NATIVE_CORRUPTIONS when the classes are generated: the engines this corruption
+    # has, and whether its native entry passed the fidelity gate (served under `engine: auto`).
+    engines: ClassVar[tuple[Engine, ...]] = (Engine.REFERENCE,)
+    native_default: ClassVar[bool] = False
 
-    engine: str = CorruptionEngine.REFERENCE.value
+    engine: Engine = Engine.REFERENCE
 
     def __post_init__(self) -> None:
-        valid = [engine.value for engine in CorruptionEngine]
-        if self.engine not in valid:
+        if self.engine not in SERVING_ENGINES:
+            shown = self.engine.value if isinstance(self.engine, Engine) else self.engine
             raise PerturbationError(
-                f"{self.name}: unknown corruption engine {self.engine!r}; valid: {valid}"
+                f"{self.name}: unknown corruption engine {shown!r}; "
+                f"valid: {[engine.value for engine in SERVING_ENGINES]}"
+                + (" ('auto' is resolved by resolve_engine first)" if shown == "auto" else "")
             )
-        if self.engine == CorruptionEngine.NATIVE:
-            from robustness.perturbations.native import NATIVE_CORRUPTIONS, native_names
+        # Frozen: normalise a config's "native" string to Engine.NATIVE, once, here.
+        object.__setattr__(self, "engine", self.resolve_engine(self.engine))
 
-            if self.name not in NATIVE_CORRUPTIONS:
-                raise PerturbationError(
-                    f"{self.name} has no native engine; native ones: {', '.join(native_names())}"
-                )
+    @classmethod
+    def resolve_engine(cls, choice: Engine | str) -> Engine:
+        """The engine that serves `choice` for this corruption: `auto` is native where the
+        native entry passed the fidelity gate and reference elsewhere; `native` must exist."""
+        try:
+            engine = Engine(choice)
+        except ValueError:
+            raise PerturbationError(
+                f"{cls.name}: unknown corruption engine {choice!r}; "
+                f"valid: {[engine.value for engine in Engine]}"
+            ) from None
+        if engine is Engine.AUTO:
+            return Engine.NATIVE if cls.native_default else Engine.REFERENCE
+        if engine not in cls.engines:
+            raise PerturbationError(
+                f"corruption {cls.name!r} has no native engine; native ones: "
+                f"{', '.join(native_names()) or '(none)'}"
+            )
+        return engine
 
     def _perturb(
-        self, images: Tensor, strength: float, generator: torch.Generator, seed: int
+        self, images: Tensor, strength: Strength, generator: torch.Generator, seed: int
     ) -> Tensor:
-        if self.engine == CorruptionEngine.NATIVE:
-            from robustness.perturbations.native import corrupt_natively
-
-            return corrupt_natively(images, self.name, int(strength), seed)
+        assert isinstance(strength, int), "validate_strength gives an int severity"
+        if self.engine is Engine.NATIVE:
+            return corrupt_natively(images, self.name, strength, seed)
         # The package draws from numpy, not torch: `seed`, not `generator`, drives it.
-        return corrupt_images(images, self.name, int(strength), seed)
+        return corrupt_images(images, self.name, strength, seed)
 
 
 def _class_name(name: str) -> str:
@@ -181,14 +212,17 @@ def _make_corruption_class(name: str) -> type[Corruption]:
         if name in SEED_KEYWORD_CORRUPTIONS
         else "numpy's global state"
     )
-    namespace = {
+    native = NATIVE_CORRUPTIONS.get(name) if name in NATIVE_CORRUPTIONS else None
+    namespace: dict[str, Any] = {
         "name": name,
+        "engines": SERVING_ENGINES if native is not None else (Engine.REFERENCE,),
+        "native_default": native is not None and native.default,
         "__module__": __name__,
         "__qualname__": _class_name(name),
         "__doc__": f"ImageNet-C `{name}` via imagecorruptions, seeded per image through {seeding}.",
     }
     bare: type[Corruption] = type(_class_name(name), (Corruption,), namespace)
-    cls = dataclass(frozen=True)(bare)
+    cls = dataclass(frozen=True, repr=False)(bare)
     register_perturbation(cls)
     globals()[cls.__name__] = cls
     return cls
@@ -203,8 +237,8 @@ __all__ = [
     "CORRUPTION_NAMES",
     "MIN_SIDE",
     "SEED_KEYWORD_CORRUPTIONS",
+    "SERVING_ENGINES",
     "Corruption",
-    "CorruptionEngine",
     "corrupt_images",
     "corrupt_uint8",
     "image_seed",

@@ -1,4 +1,8 @@
-"""Additive and signal-dependent pixel noise, written in torch so that it runs where the batch is.
+"""The noise family: additive and signal-dependent pixel noise at a continuous strength (an ε),
+written in torch so that it runs where the batch is.
+
+Distinct from the ImageNet-C noise *corruptions* (`gaussian_noise`, `shot_noise`, ...: five fixed
+severities, the corruption family), whose native port is `native/noise_corruptions.py`.
 
 Every perturbation here is model-independent (generated once per job, then evaluated by every
 variant), batched, and draws all its randomness from the `torch.Generator` the base class seeds
@@ -19,9 +23,10 @@ and larger `s` always means more noise. The result is clipped to [0, 1] by the b
 | `uniform`  | x + U(−s, s)                                | the half-width of the noise          |
 
 ImageNet-C (Hendrycks & Dietterich, ICLR 2019) uses the same formulas at five fixed strengths;
-those live in `corruptions.py` (severity axis). This module exposes the continuous scale so that a
-sweep can trace accuracy against noise level. `impulse` acts on each element (pixel and channel)
-independently, as scikit-image's `random_noise(mode="s&p")` and ImageNet-C do.
+those live in `corruptions.py` (severity axis) and `native/noise_corruptions.py`. This module
+exposes the continuous scale so that a sweep can trace accuracy against noise level. `impulse`
+acts on each element (pixel and channel) independently, as scikit-image's
+`random_noise(mode="s&p")` and ImageNet-C do.
 
 The noise of a batch is drawn from one stream, so it is reproducible for the same batch and seed,
 but an image's noise depends on its position in the batch — and for `shot` on the CPU also on the
@@ -37,12 +42,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from robustness.perturbations.base import (
-    Family,
-    ImagePerturbation,
-    StrengthAxis,
-    register_perturbation,
-)
+from iamt.vocabulary import Family, StrengthAxis
+from robustness.perturbations.base import ImagePerturbation, register_perturbation
 
 __all__ = [
     "GaussianNoise",

@@ -4,7 +4,13 @@ See `registry.py` for the contract and the shared steps; each module writes only
 its corruptions, with the reference's (imagecorruptions-imaug) severity constants.
 """
 
-from robustness.perturbations.native import blur, digital, noise, weather  # noqa: F401 (register)
+# The modules that register (their @register_native decorators run on import).
+from robustness.perturbations.native import (  # noqa: F401
+    blur,
+    digital,
+    noise_corruptions,
+    weather,
+)
 from robustness.perturbations.native.registry import (
     NATIVE_CORRUPTIONS,
     Fidelity,

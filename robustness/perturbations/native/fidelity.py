@@ -17,6 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+# The gate compares against the reference engine. corruptions.py imports the native package
+# (never this module), so this import at the top makes no cycle.
+from robustness.perturbations.corruptions import corrupt_images
 from robustness.perturbations.native.registry import (
     NATIVE_CORRUPTIONS,
     Fidelity,
@@ -82,7 +85,7 @@ def compare(
     name: str, severity: int, clean: Tensor, native: Tensor, reference: Tensor
 ) -> GateResult:
     """Judge `native` against `reference` (both corrupted from `clean`) by `name`'s fidelity."""
-    fidelity = NATIVE_CORRUPTIONS[name].fidelity
+    fidelity = NATIVE_CORRUPTIONS.get(name).fidelity
     if fidelity is Fidelity.DETERMINISTIC:
         worst = float(psnr(native, reference).min())
         return GateResult(name, severity, fidelity, "min PSNR dB", worst, worst >= MIN_PSNR_DB)
@@ -121,11 +124,9 @@ def gate(
 ) -> list[tuple[GateResult, int]]:
     """(result, image size) for `name` at every severity: the native engine on `device`
     against the reference (imagecorruptions, always on the CPU) on the same images."""
-    from robustness.perturbations.corruptions import corrupt_images
-
     sets = (
         images.deterministic
-        if NATIVE_CORRUPTIONS[name].fidelity is Fidelity.DETERMINISTIC
+        if NATIVE_CORRUPTIONS.get(name).fidelity is Fidelity.DETERMINISTIC
         else (images.random,)
     )
     results = []

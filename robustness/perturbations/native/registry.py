@@ -27,6 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from iamt.registry import Registry
+from iamt.vocabulary import SEVERITIES
+from robustness.perturbations.base import PerturbationError
+
 NativeFunction = Callable[[Tensor, int, torch.Generator], Tensor]
 
 MIN_SIDE = 32  # the reference's smallest side
@@ -48,25 +52,26 @@ class NativeCorruption:
     on_grid: bool = False
 
 
-NATIVE_CORRUPTIONS: dict[str, NativeCorruption] = {}
+#: The native corruptions by name; an unknown name raises PerturbationError naming the valid ones.
+NATIVE_CORRUPTIONS: Registry[NativeCorruption] = Registry("native corruption", PerturbationError)
 
 
 def register_native(
     name: str, *, fidelity: Fidelity, default: bool, on_grid: bool = False
 ) -> Callable[[NativeFunction], NativeFunction]:
+    """Decorator: register a native function as corruption `name` (twice raises
+    `iamt.registry.DuplicateEntryError`); the function itself is returned unchanged."""
+
     def register(function: NativeFunction) -> NativeFunction:
-        if name in NATIVE_CORRUPTIONS:
-            raise ValueError(f"native corruption {name!r} is registered twice")
-        NATIVE_CORRUPTIONS[name] = NativeCorruption(name, function, fidelity, default, on_grid)
+        NATIVE_CORRUPTIONS.add(name, NativeCorruption(name, function, fidelity, default, on_grid))
         return function
 
     return register
 
 
 def native_names(*, default_only: bool = False) -> list[str]:
-    return sorted(
-        name for name, spec in NATIVE_CORRUPTIONS.items() if spec.default or not default_only
-    )
+    """The native corruptions, sorted; only those served under `engine: auto` if asked."""
+    return [name for name, spec in NATIVE_CORRUPTIONS.items() if spec.default or not default_only]
 
 
 def make_generator(seed: int, device: torch.device) -> torch.Generator:
@@ -76,13 +81,12 @@ def make_generator(seed: int, device: torch.device) -> torch.Generator:
 
 
 def corrupt_natively(images: Tensor, name: str, severity: int, seed: int) -> Tensor:
-    """images (N, 3, H, W) float in [0, 1] -> corrupted by `name` at `severity`, on their device."""
-    if name not in NATIVE_CORRUPTIONS:
-        raise ValueError(
-            f"no native engine for corruption {name!r}; native ones: {', '.join(native_names())}"
-        )
-    if severity not in (1, 2, 3, 4, 5):
-        raise ValueError(f"severity must be an integer in 1..5, got {severity!r}")
+    """images (N, 3, H, W) float in [0, 1] -> corrupted by `name` at `severity`, on their device.
+
+    `severity` is an int already validated by `Perturbation.validate_strength` (the one check of
+    a strength); an unknown `name` raises PerturbationError naming the native corruptions."""
+    spec = NATIVE_CORRUPTIONS.get(name)
+    assert severity in SEVERITIES, f"severity {severity!r} was not validated"
     _, _, height, width = images.shape
     work = images.detach().float()  # (N, 3, H, W)
     size = (max(height, MIN_SIDE), max(width, MIN_SIDE))
@@ -93,7 +97,6 @@ def corrupt_natively(images: Tensor, name: str, severity: int, seed: int) -> Ten
     # per step costs more (page faults on new memory) than the arithmetic.
     work = work.mul(255).round_().clamp_(0, 255).div_(255)
     generator = make_generator(seed, work.device)
-    spec = NATIVE_CORRUPTIONS[name]
     out = spec.function(work, severity, generator)
     if out.shape != work.shape:
         raise AssertionError(f"native {name} returned {tuple(out.shape)} for {tuple(work.shape)}")

@@ -1,13 +1,14 @@
 """Emphasis search: which mask transform buys the most robustness for the least clean accuracy.
 
-The maths of `iamt search` (Ray Tune runs it: `cluster/search.py`). No retraining: every
+The measurement of `iamt search` (Ray Tune drives it: `cluster/search.py`). No retraining: every
 candidate is the trained model seen through another mask transform T (`iamt/transforms.py`).
 
 1. `candidate_specs`: the grid of `search.space` (and its `compose` chains), a seeded sample of
    it when larger than `max_trials`, and always `identity`, the normal model, as the baseline.
 2. `validation_set`: the **validation** split — never the test split, which the sweep reports
    on — clean and perturbed once by the configured noises and corruptions, so every trial
-   classifies exactly the same images.
+   classifies exactly the same images. The images are perturbed by the sweep's own code
+   (`robustness.jobs.perturb`), with the sweep's engine choice for each corruption.
 3. `measure`: one candidate's clean accuracy, its mean accuracy over the perturbed sets and,
    optionally, its robust accuracy under one attack at one ε; all in points (0–100).
 4. `summarize`: clean cost and robustness gain against `identity`, the Pareto front of the two,
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,28 +30,21 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from iamt.config import ConfigError, RunConfig, SearchConfig
+from iamt.config import ConfigError
 from iamt.data import AttributeDataset, as_tensors
 from iamt.model import AttentionNet, feature_channels
-from iamt.transforms import TransformSpecError, parse_transform
+from iamt.rundir import SEARCH_COLUMNS, SEARCH_REPORT, RunDirectory
+from iamt.variants import parse_spec, variant_model
+from iamt.vocabulary import IDENTITY
+from robustness.config import EvaluationConfig, SearchConfig
+from robustness.jobs import attack_attribute, corruption_params, perturb, predict_all
+from robustness.perturbations import Attack, create_perturbation
 
-IDENTITY = "identity"
 RULE = (
     "the largest robustness gain (validation, mean accuracy over the perturbed sets, points) "
     "among the transforms whose clean cost is at most {max_clean_cost:g} point(s); ties go to "
     "the smaller clean cost, then to the spec"
 )
-SEARCH_COLUMNS = [
-    "spec",
-    "clean_accuracy",
-    "robust_accuracy",
-    "adversarial_accuracy",
-    "clean_cost",
-    "robustness_gain",
-    "adversarial_gain",
-    "pareto",
-    "chosen",
-]
 
 
 # --------------------------------------------------------------------------- candidates
@@ -67,7 +60,7 @@ def _grid(transform: str, parameters: Mapping[str, Sequence[float]]) -> list[str
     ]
 
 
-def candidate_specs(config: RunConfig) -> list[str]:
+def candidate_specs(config: EvaluationConfig) -> list[str]:
     """`identity` first, then the grid (or a seeded sample of it), each validated against the
     model's channel count: a bad name, parameter or k fails here, before any work."""
     search = config.search
@@ -77,10 +70,7 @@ def candidate_specs(config: RunConfig) -> list[str]:
         specs += ["+".join(parts) for parts in itertools.product(*(grids[n] for n in chain))]
     channels = feature_channels(config.model.backbone, config.model.widths)
     for spec in specs:
-        try:
-            parse_transform(spec).validate(channels)
-        except TransformSpecError as error:
-            raise ConfigError(f"search.space: {error}") from None
+        parse_spec(spec, channels, "search.space")
     specs = sorted(set(specs) - {IDENTITY})
     if len(specs) > search.max_trials - 1:  # a seeded sample, so a rerun searches the same
         specs = sorted(random.Random(config.seed).sample(specs, search.max_trials - 1))
@@ -114,29 +104,24 @@ def images_sha256(images: Tensor) -> str:
     return hashlib.sha256(images.contiguous().cpu().numpy().tobytes()).hexdigest()
 
 
-def validation_set(search: SearchConfig, val_set: AttributeDataset, seed: int) -> ValidationSet:
-    """The first `n_samples` validation images, and each configured perturbation of them,
-    seeded from the run seed and the condition (not from the order of the list)."""
-    from robustness.perturbations import ImagePerturbation, create_perturbation
-    from robustness.perturbations.native import native_names
-
+def validation_set(config: EvaluationConfig, val_set: AttributeDataset, seed: int) -> ValidationSet:
+    """The first `search.n_samples` validation images, and each configured perturbation of
+    them, seeded from the run seed and the condition (not from the order of the list)."""
+    search = config.search
     images, labels = as_tensors(val_set, search.n_samples)
-    conditions: list[tuple[str, dict[str, Any], float]] = [
-        (name, {}, strength) for name in search.noise_types for strength in search.noise_strengths
+    conditions: list[tuple[str, tuple[tuple[str, Any], ...], float]] = [
+        (name, (), strength) for name in search.noise_types for strength in search.noise_strengths
     ]
-    natively = set(native_names(default_only=True))  # the sweep's `engine: auto` rule
     conditions += [
-        (name, {"engine": "native" if name in natively else "reference"}, float(severity))
+        (name, corruption_params(config.robustness.corruptions, name), severity)
         for name in search.corruptions
         for severity in search.severities
     ]
     perturbed = {}
     for name, params, strength in conditions:
         label = f"{name}@{strength:g}"
-        perturbation = create_perturbation(name, **params)
-        assert isinstance(perturbation, ImagePerturbation)
         condition_seed = int(hashlib.sha256(f"{seed}/{label}".encode()).hexdigest()[:8], 16)
-        perturbed[label] = perturbation(images, strength, seed=condition_seed)
+        perturbed[label] = perturb(name, params, images, strength, seed=condition_seed)
     return ValidationSet(images, labels, perturbed, images_sha256(images))
 
 
@@ -145,8 +130,6 @@ def validation_set(search: SearchConfig, val_set: AttributeDataset, seed: int) -
 
 def _accuracy(model: torch.nn.Module, images: Tensor, labels: Tensor, batch_size: int) -> float:
     """Mean accuracy over attributes, in points."""
-    from robustness.jobs import predict_all
-
     correct = predict_all(model, images, batch_size) == labels  # (N, A)
     return float(correct.double().mean()) * 100
 
@@ -160,9 +143,8 @@ def measure(
     seed: int,
 ) -> dict[str, Any]:
     """One candidate on the validation set: clean, perturbed and (optionally) attacked."""
-    transform = parse_transform(spec)
-    candidate = model if spec == IDENTITY else model.with_transform(transform, importance)
-    candidate.eval()
+    channels = model.num_channels
+    candidate = variant_model(model, parse_spec(spec, channels, "search"), importance).eval()
     robust = [
         _accuracy(candidate, images, data.labels, search.batch_size)
         for images in data.perturbed.values()
@@ -183,10 +165,6 @@ def _attacked_accuracy(
 ) -> float:
     """Robust accuracy (points) under the configured attack at its ε, one attribute at a time,
     with the same seed for every candidate: they face the same random starts."""
-    from robustness.jobs import predict_all
-    from robustness.perturbations import Attack, create_perturbation
-    from robustness.perturbations.attacks import attribute_view
-
     assert search.attack is not None
     attack = create_perturbation(search.attack.name, **search.attack.params)
     assert isinstance(attack, Attack)
@@ -195,11 +173,8 @@ def _attacked_accuracy(
         clean = predict_all(model, data.images, search.batch_size) == data.labels  # (N, A)
         robust = []
         for a in range(data.labels.shape[1]):
-            labels = data.labels[:, a].to(data.images.device)
-            outcome = attack(
-                attribute_view(model, a), data.images, labels, [epsilon], seed=seed + a
-            )
-            robust.append(clean[:, a] & ~outcome.success[epsilon].cpu())
+            _, success = attack_attribute(attack, model, data.images, data.labels, a, epsilon, seed)
+            robust.append(clean[:, a] & ~success)
     return float(torch.stack(robust, 1).double().mean()) * 100
 
 
@@ -275,27 +250,28 @@ def search_report(
     }
 
 
-def chosen_variant(run_dir: Path, config: RunConfig) -> tuple[str, str] | None:
-    """(variant name, spec) of the searched transform the sweep evaluates on the test split,
-    or None when the config asks for no search or the search chose nothing."""
+def chosen_variant(run_dir: Path, config: EvaluationConfig) -> dict[str, str]:
+    """{variant name: spec} of the searched transform the sweep evaluates on the test split;
+    empty when the config asks for no search or the search chose nothing."""
     if not config.search.enabled:
-        return None
-    path = run_dir / "search.json"
-    if not path.is_file():
+        return {}
+    run = RunDirectory(run_dir)
+    report = run.read_json(SEARCH_REPORT)
+    if report is None:
         raise ConfigError(
-            f"search.enabled is true but {path} does not exist: run `iamt search {run_dir}` "
-            "(or `iamt run`, which searches before the sweep)"
+            f"search.enabled is true but {run.search_report} does not exist: run "
+            f"`iamt search {run_dir}` (or `iamt run`, which searches before the sweep)"
         )
-    report = json.loads(path.read_text())
     if report.get("search_config") != config.search.model_dump(mode="json"):
         raise ConfigError(
-            f"{path} was searched with another search config: run `iamt search {run_dir}` again"
+            f"{run.search_report} was searched with another search config: run "
+            f"`iamt search {run_dir}` again"
         )
     chosen = report.get("chosen")
-    return None if chosen is None else (str(report["variant"]), str(chosen["spec"]))
+    return {} if chosen is None else {str(report["variant"]): str(chosen["spec"])}
 
 
-def search_is_current(run_dir: Path, config: RunConfig) -> bool:
+def search_is_current(run_dir: Path, config: EvaluationConfig) -> bool:
     """Whether the run already holds this very search's result (so a rerun skips it)."""
     try:
         chosen_variant(run_dir, config)

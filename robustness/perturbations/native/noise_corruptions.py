@@ -1,4 +1,6 @@
-"""Native noise corruptions (see registry.py for the contract).
+"""Native ImageNet-C noise corruptions: gaussian_noise, shot_noise, impulse_noise, speckle_noise
+and spatter at severities 1..5 (see registry.py for the contract). Not to be confused with the
+continuous-strength noise family (`robustness/perturbations/noise.py`: gaussian, shot, ...).
 
 All five are random (`Fidelity.RANDOM`): they draw their noise from the job's generator, so they
 are held to the reference by the statistics of the change they make, not pixel by pixel.

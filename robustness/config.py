@@ -1,0 +1,229 @@
+"""Configuration of the evaluation: the robustness sweep and the emphasis search.
+
+Beside the code they configure (robustness/jobs.py, robustness/search.py), and validated
+against the perturbation registry, so that an unknown name, a severity outside 1..5 or an ε out
+of range fails before any work starts. `EvaluationConfig` is the model-and-method config
+(`iamt.config.MethodConfig`) plus these two sections; `cluster.config.RunConfig` adds where
+things run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+
+from iamt.config import MethodConfig, Section
+from iamt.rundir import DRIFT
+from iamt.vocabulary import NORMAL, Engine, Family, Norm
+from robustness.perturbations import (
+    PerturbationError,
+    create_perturbation,
+    get_perturbation_class,
+    list_perturbations,
+)
+from robustness.perturbations.corruptions import Corruption
+
+
+def _check_strengths(name: str, strengths: Sequence[float]) -> None:
+    """Validate names and strengths against the perturbation registry (no work done yet)."""
+    try:
+        cls = get_perturbation_class(name)
+        if not strengths:
+            raise PerturbationError(f"{name}: the strength list is empty")
+        for strength in strengths:
+            cls.validate_strength(strength)
+    except PerturbationError as error:
+        raise ValueError(str(error)) from None
+
+
+def _check_family(names: list[str], family: Family) -> None:
+    valid = list_perturbations(family)
+    unknown = [name for name in names if name not in valid]
+    if unknown:
+        raise ValueError(f"unknown {family} name(s) {unknown}; valid: {', '.join(valid)}")
+
+
+class NoiseConfig(Section):
+    types: list[str] = Field(
+        default_factory=lambda: ["gaussian", "shot", "impulse", "speckle", "uniform"]
+    )
+    strengths: list[float] = Field(default_factory=lambda: [0.02, 0.05, 0.1, 0.2])
+    n_samples: PositiveInt = 1000
+
+    @model_validator(mode="after")
+    def _valid(self) -> NoiseConfig:
+        _check_family(self.types, Family.NOISE)
+        for name in self.types:
+            _check_strengths(name, self.strengths)
+        return self
+
+
+class CorruptionConfig(Section):
+    names: list[str] | Literal["all"] = "all"
+    severities: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
+    n_samples: PositiveInt = 500
+    engine: Engine = Field(Engine.AUTO, description="which implementation corrupts")
+    engine_overrides: dict[str, Engine] = Field(
+        default_factory=dict, description="per corruption name, e.g. {frost: reference}"
+    )
+
+    @model_validator(mode="after")
+    def _valid(self) -> CorruptionConfig:
+        names = self.resolved_names()
+        _check_family(names, Family.CORRUPTION)
+        for name in names:
+            _check_strengths(name, list(self.severities))
+        unknown = sorted(set(self.engine_overrides) - set(names))
+        if unknown:
+            raise ValueError(
+                f"engine_overrides names {unknown}, which are not among the sweep's "
+                f"corruptions: {', '.join(names)}"
+            )
+        for name in names:
+            self.engine_for(name)  # a native choice must exist
+        return self
+
+    def engine_for(self, name: str) -> Engine:
+        """The engine that corrupts with `name`: the override, else `engine`, with `auto`
+        resolved by the corruption's registry entry (native where it passed the gate)."""
+        choice = self.engine_overrides.get(name, self.engine)
+        cls = get_perturbation_class(name)
+        assert issubclass(cls, Corruption), f"{name} is not a corruption"
+        try:
+            return cls.resolve_engine(choice)
+        except PerturbationError as error:
+            raise ValueError(str(error)) from None
+
+    def resolved_names(self) -> list[str]:
+        if self.names == "all":
+            return list_perturbations(Family.CORRUPTION)
+        return list(self.names)
+
+
+class AttackConfig(Section):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    epsilons: list[float] | None = Field(
+        None, description="default: robustness.attacks.linf_epsilons or l2_epsilons by norm"
+    )
+    n_samples: PositiveInt | None = Field(None, description="default: attacks.n_samples")
+
+
+class AttacksConfig(Section):
+    linf_epsilons: list[float] = Field(default_factory=lambda: [2 / 255, 4 / 255, 8 / 255])
+    l2_epsilons: list[float] = Field(default_factory=lambda: [0.25, 0.5, 1.0])
+    n_samples: PositiveInt = 200
+    transfer: bool = True
+    methods: list[AttackConfig] = Field(
+        default_factory=lambda: [AttackConfig(name="fgsm"), AttackConfig(name="linf_pgd")]
+    )
+
+    @model_validator(mode="after")
+    def _valid(self) -> AttacksConfig:
+        _check_family([m.name for m in self.methods], Family.ADVERSARIAL)
+        seen = set()
+        for method in self.methods:
+            if method.name in seen:
+                raise ValueError(f"attack {method.name!r} is listed twice")
+            seen.add(method.name)
+            try:
+                create_perturbation(method.name, **method.params)
+            except PerturbationError as error:
+                raise ValueError(str(error)) from None
+            _check_strengths(method.name, self.epsilons_for(method))
+        return self
+
+    def epsilons_for(self, method: AttackConfig) -> list[float]:
+        if method.epsilons is not None:
+            return method.epsilons
+        norm = getattr(get_perturbation_class(method.name), "norm", Norm.LINF)
+        return self.linf_epsilons if norm == Norm.LINF else self.l2_epsilons
+
+
+class RobustnessConfig(Section):
+    split: Literal["test"] = "test"
+    shard_size: PositiveInt = 500
+    batch_size: PositiveInt = 500
+    drift_samples: NonNegativeInt = Field(
+        128,
+        description=f"attention drift ({DRIFT}) on each job's first this many images; "
+        "it costs a clean forward of them per variant; 0 turns it off",
+    )
+    noise: NoiseConfig = NoiseConfig()
+    corruptions: CorruptionConfig = CorruptionConfig()
+    attacks: AttacksConfig = AttacksConfig()
+
+
+def _default_search_space() -> dict[str, dict[str, list[float]]]:
+    return {
+        "topk": {"k": [4.0, 8.0, 16.0], "alpha": [1.5, 2.0, 3.0]},
+        "suppress": {"k": [8.0, 16.0], "beta": [0.25, 0.5]},
+        "power": {"gamma": [0.5, 2.0]},
+    }
+
+
+class SearchAttackConfig(Section):
+    name: str = Field("fgsm", description="a fixed-ε attack: fgsm, linf_pgd, l2_pgd, linf_bim")
+    epsilon: PositiveFloat = 0.0156863  # 4/255
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _valid(self) -> SearchAttackConfig:
+        _check_family([self.name], Family.ADVERSARIAL)
+        _check_strengths(self.name, [self.epsilon])
+        return self
+
+
+class SearchConfig(Section):
+    """`iamt search` and the search stage of `iamt run`: which mask transform buys the most
+    robustness for the least clean accuracy, measured on the validation split."""
+
+    enabled: bool = Field(False, description="`iamt run` runs the search before the sweep")
+    space: dict[str, dict[str, list[float]]] = Field(
+        default_factory=_default_search_space,
+        description="transform -> parameter -> values; every grid point is a candidate",
+    )
+    compose: list[list[str]] = Field(
+        default_factory=list,
+        description="compositions to try, e.g. [[topk, power]]: every grid point of each part",
+    )
+    max_trials: PositiveInt = Field(32, description="a seeded sample of the grid when larger")
+    n_samples: PositiveInt = Field(500, description="validation images every trial sees")
+    batch_size: PositiveInt = 500
+    noise_types: list[str] = Field(default_factory=lambda: ["gaussian", "impulse"])
+    noise_strengths: list[float] = Field(default_factory=lambda: [0.05, 0.1])
+    corruptions: list[str] = Field(default_factory=lambda: ["fog", "pixelate", "gaussian_blur"])
+    severities: list[int] = Field(default_factory=lambda: [3])
+    attack: SearchAttackConfig | None = Field(None, description="optional robust accuracy at ε")
+    max_clean_cost: float = Field(
+        1.0, ge=0, description="points of clean accuracy the chosen transform may cost"
+    )
+    variant: str = Field("searched", description="the chosen transform's variant name")
+
+    @model_validator(mode="after")
+    def _valid(self) -> SearchConfig:
+        if not self.noise_types and not self.corruptions:
+            raise ValueError("search needs at least one of noise_types or corruptions")
+        _check_family(self.noise_types, Family.NOISE)
+        for name in self.noise_types:
+            _check_strengths(name, self.noise_strengths)
+        _check_family(self.corruptions, Family.CORRUPTION)
+        for name in self.corruptions:
+            _check_strengths(name, list(self.severities))
+        unknown = sorted({part for chain in self.compose for part in chain} - set(self.space))
+        if unknown:
+            raise ValueError(
+                f"compose names {unknown}, which are not in search.space: {', '.join(self.space)}"
+            )
+        if self.variant == NORMAL:
+            raise ValueError(f"search.variant: {NORMAL!r} is reserved for the identity model")
+        return self
+
+
+class EvaluationConfig(MethodConfig):
+    """What a sweep and a search need: the model and the method, and how to evaluate them."""
+
+    robustness: RobustnessConfig = RobustnessConfig()
+    search: SearchConfig = SearchConfig()
