@@ -40,9 +40,11 @@ from robustness.drift import MaskDrift, mask_drift, predict_with_drift
 from robustness.metrics import attack_success_rate, median_distance
 from robustness.perturbations import (
     Attack,
+    FixedEpsilonAttack,
     ImagePerturbation,
     MinimisationAttack,
     create_perturbation,
+    get_perturbation_class,
 )
 from robustness.perturbations.attacks import attribute_view
 
@@ -77,7 +79,11 @@ class Job:
 
     @property
     def axis(self) -> StrengthAxis:
-        return StrengthAxis.of_family(self.family)
+        """The column of this job's strength: its perturbation's own axis (clean: none, so
+        either; epsilon is as good as any)."""
+        if self.family is Family.CLEAN:
+            return StrengthAxis.EPSILON
+        return get_perturbation_class(self.perturbation).axis
 
     @property
     def job_id(self) -> str:
@@ -179,7 +185,7 @@ def run_job(
     attack = create_perturbation(job.perturbation, **dict(job.params))
     if isinstance(attack, MinimisationAttack):
         return _run_minimisation_job(job, attack, models, x, y)
-    assert isinstance(attack, Attack)
+    assert isinstance(attack, FixedEpsilonAttack)
     return _run_fixed_epsilon_job(job, attack, models, x, y, drift_samples)
 
 
@@ -253,7 +259,7 @@ def _run_image_job(
 
 def _run_fixed_epsilon_job(
     job: Job,
-    attack: Attack,
+    attack: FixedEpsilonAttack,
     models: Mapping[str, nn.Module],
     x: Tensor,
     y: Tensor,

@@ -250,10 +250,6 @@ def finish_sweep(sweep: Sweep) -> dict[str, Any]:
     return {"total": len(sweep.jobs), "done": len(finished), "failed": len(sweep.failures)}
 
 
-def update_manifest(run_dir: Path, **fields: Any) -> None:
-    RunDirectory(run_dir).update_manifest(**fields)
-
-
 class SweepRunner(Protocol):
     """Runs a prepared sweep's pending jobs: `run_sweep_locally`, or the Ray fan-out
     (`cluster.sweep.run_sweep_on_ray`) for `iamt run`."""
@@ -276,26 +272,25 @@ def evaluate_run(
 ) -> Mapping[str, Any]:
     """`iamt evaluate` (one process, no Ray) and the sweep stage of `iamt run` (`run_sweep`)."""
     sweep = prepare_sweep(run_dir, config)
-    write_text(RunDirectory(run_dir).config, config_to_yaml(config))
+    run = RunDirectory(run_dir)
+    write_text(run.config, config_to_yaml(config))
     started = time.perf_counter()
 
     def progress(done: int, failed: int, total: int) -> None:
-        update_manifest(
-            run_dir,
+        run.update_manifest(
             status="running",
             stage="sweep",
             jobs={"total": total, "done": done, "failed": failed},
         )
 
     if sweep.quarantined:
-        update_manifest(run_dir, quarantined_parts=sweep.quarantined)
+        run.update_manifest(quarantined_parts=sweep.quarantined)
     progress(len(sweep.jobs) - len(sweep.pending), 0, len(sweep.jobs))
     torch.set_grad_enabled(True)  # attacks need gradients
     run_sweep(sweep, show_progress=show_progress, on_update=progress)
     counts = finish_sweep(sweep)
     status = "done" if counts["failed"] == 0 else "failed"
-    update_manifest(
-        run_dir,
+    run.update_manifest(
         status=status,
         stage="done",
         jobs=counts,

@@ -16,6 +16,7 @@ import pytest
 
 from iamt.registry import DuplicateEntryError, Registry
 from iamt.transforms import TRANSFORMS, TransformSpecError, parse_transform, register_transform
+from iamt.vocabulary import StrengthAxis
 from robustness.perturbations import (
     PERTURBATIONS,
     Family,
@@ -133,3 +134,11 @@ def test_fixed_epsilon_and_minimisation_attacks_partition_the_attacks() -> None:
     assert not fixed & minimising
     assert {"fgsm", "linf_pgd", "autoattack_linf"} <= fixed
     assert {"l2_deepfool", "l2_cw", "boundary"} <= minimising
+
+
+@pytest.mark.parametrize("name", list_perturbations())
+def test_every_perturbation_s_axis_is_its_family_s(name: str) -> None:
+    """A job's strength goes in its perturbation's axis column; readers of the CSVs, which know
+    only the family, find it through `StrengthAxis.of_family`: the two must agree."""
+    cls = get_perturbation_class(name)
+    assert cls.axis is StrengthAxis.of_family(cls.family)

@@ -4,6 +4,7 @@ process, and the chosen transform evaluated by the next sweep as one more varian
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -11,12 +12,14 @@ from typing import Any
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from cluster.cli import execute
 from cluster.config import parse_config
 from iamt.config import ConfigError
 from iamt.data import Split, as_tensors, load_split
+from robustness.jobs import corruption_params, perturb
 from robustness.runner import load_trained
 from robustness.search import (
     IDENTITY,
@@ -169,3 +172,25 @@ def test_iamt_search_on_tune_uses_validation_only_and_feeds_the_sweep(
     assert set(results["variant"]) == {"normal", "emphasized", "searched"}
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["search_seconds"] > 0
+
+
+@pytest.mark.parametrize("engine", ["reference", "native"])
+def test_the_search_corrupts_with_the_sweeps_engine_choice(engine: str) -> None:
+    """The search's perturbed set comes from the sweep's own `perturb`, with the engine the
+    sweep would use for each corruption, overrides included (an earlier search ignored
+    `engine_overrides` and could corrupt with another engine than the sweep)."""
+    search = {**SEARCH, "corruptions": ["fog"], "severities": [2], "noise_types": []}
+    robustness = {"corruptions": {"names": ["fog"], "engine_overrides": {"fog": engine}}}
+    config = parse_config({**TINY, "search": search, "robustness": robustness})
+    val_set = load_split(config.data, Split.VAL, config.seed)
+    data = validation_set(config, val_set, config.seed)
+    params = corruption_params(config.robustness.corruptions, "fog")
+    assert dict(params).get("engine", "reference") == engine
+    images, _ = as_tensors(val_set, config.search.n_samples)
+    label = "fog@2"
+    seed = int(hashlib.sha256(f"{config.seed}/{label}".encode()).hexdigest()[:8], 16)
+    expected = perturb("fog", params, images, 2, seed=seed)
+    assert torch.equal(data.perturbed[label], expected)
+    other = "native" if engine == "reference" else "reference"
+    other_engine = perturb("fog", (("engine", other),), images, 2, seed=seed)
+    assert not torch.equal(data.perturbed[label], other_engine)
