@@ -247,7 +247,7 @@ def overview_headline(summary: pd.DataFrame) -> None:
     if heads.empty:
         return
     columns = ["family", "variant", "attribute", "accuracy", "difference"]
-    table = heads[[*columns, "diff_ci_low", "diff_ci_high", "mcnemar_p"]].copy()
+    table = heads[[*columns, "diff_ci_low", "diff_ci_high", "mcnemar_p", "p_holm"]].copy()
     bounds = zip(table.diff_ci_low, table.diff_ci_high, strict=True)
     table["difference 95% CI"] = [ci_text(lo, hi, "+.4f") for lo, hi in bounds]
     st.dataframe(table, hide_index=True)

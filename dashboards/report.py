@@ -98,7 +98,7 @@ def _plot(
 def _headline(summary: pd.DataFrame) -> pd.DataFrame:
     family = summary[(summary["level"] == "family") & summary["difference"].notna()]
     columns = ["variant", "family", "attribute", "n", "accuracy", "difference"]
-    columns += ["diff_ci_low", "diff_ci_high", "mcnemar_p"]
+    columns += ["diff_ci_low", "diff_ci_high", "mcnemar_p", "p_holm"]
     return family[columns].sort_values(["variant", "family", "attribute"])
 
 
@@ -159,17 +159,36 @@ def _methods(
             + f". L∞ ε {attacks.get('linf_epsilons')}, L2 ε {attacks.get('l2_epsilons')}; "
             "bounds (0, 1); one attribute at a time; PGD step 2.5·ε/steps",
         ),
-        (
-            "statistics",
-            "Wilson 95% intervals for accuracies; emphasized − normal on the same images with a "
-            "percentile bootstrap 95% CI (images resampled when pooling perturbations) and an "
-            "exact McNemar test; mCE with the normal model as baseline",
-        ),
+        *_statistics_rows(),
         ("seeds", f"run seed {config.get('seed')}; each job's seed is derived from its job_id"),
     ]
     cell = '<tr><th class="text">{}</th><td class="text">{}</td></tr>'
     body = "".join(cell.format(html.escape(k), html.escape(str(v))) for k, v in rows)
     return f"<table>{body}</table>"
+
+
+def _statistics_rows() -> list[tuple[str, str]]:
+    """The definitions behind every interval, test and corruption error of the report."""
+    return [
+        (
+            "statistics",
+            "Wilson 95% intervals for accuracies; emphasized − normal on the same images with a "
+            "percentile bootstrap 95% CI (images resampled when pooling perturbations) and an "
+            "exact McNemar test; 'significant' in the verdict also needs the McNemar p below "
+            "0.05 after Holm's correction (p_holm) over each variant's family-level tests",
+        ),
+        (
+            "corruption error",
+            "mCE = mean over the 15 ImageNet-C benchmark corruptions (imagecorruptions' "
+            "'common') of CE_c = Σ_s E_s,c / Σ_s E^normal_s,c, with the normal model as the "
+            "baseline (Hendrycks & Dietterich 2019; their baseline is AlexNet); relative mCE "
+            "subtracts each model's clean error first. The 4 validation corruptions "
+            "(speckle_noise, gaussian_blur, spatter, saturate) give mce_validation, apart. "
+            "mean corruption accuracy = the mean accuracy over the benchmark corruptions × "
+            "severities (RobustBench's corruption accuracy). Computed over the benchmark "
+            "corruptions the sweep has (mce_corruptions of 15)",
+        ),
+    ]
 
 
 def _sanity_line(summary: pd.DataFrame) -> str:
@@ -416,11 +435,34 @@ def _perturbation_section(summary: pd.DataFrame, canvas: Canvas) -> list[str]:
             "corruption_heatmap", lambda: charts.difference_heatmap(summary, Family.CORRUPTION)
         ),
     ]
+    return sections + _mce_section(summary)
+
+
+# ImageNet-C's 15 benchmark corruptions (imagecorruptions' "common"); the mCE averages them.
+BENCHMARK_COUNT = 15
+MCE_COLUMNS = ["mce", "relative_mce", "mce_corruptions", "mean_corruption_accuracy"]
+MCE_COLUMNS += ["mce_validation", "relative_mce_validation"]
+
+
+def _mce_section(summary: pd.DataFrame) -> list[str]:
+    """The mCE table (benchmark and validation corruptions apart), and a warning when the
+    sweep has only some of the 15 benchmark corruptions."""
     mce = summary[(summary["level"] == "family") & summary["mce"].notna()]
-    if not mce.empty:
-        sections.append(
-            _table(mce[["variant", "attribute", "mce", "relative_mce"]], ["variant", "attribute"])
-        )
+    if mce.empty:
+        return []
+    columns = [c for c in MCE_COLUMNS if c in mce.columns and mce[c].notna().any()]
+    sections = [
+        "<h3>Corruption error (ImageNet-C)</h3>",
+        _table(mce[["variant", "attribute", *columns]], ["variant", "attribute"]),
+    ]
+    if "mce_corruptions" in mce.columns and mce["mce_corruptions"].notna().any():
+        present = int(mce["mce_corruptions"].min())
+        if present < BENCHMARK_COUNT:
+            sections.append(
+                f'<p class="fail">This sweep has {present} of the {BENCHMARK_COUNT} ImageNet-C '
+                "benchmark corruptions: its mCE is computed over those only and is not "
+                "comparable with published ImageNet-C mCE.</p>"
+            )
     return sections
 
 

@@ -1,10 +1,13 @@
 """The answer to "Does emphasis help?", generated from the numbers and never beyond them.
 
 `verdict(summary)` reads the family-level paired differences of summary.csv (variant − normal
-on the same test images, with 95% bootstrap CIs) and says, per emphasized variant and family,
-where the difference is significant: better when the whole CI is above 0, worse when it is
-below, and "no significant difference" whenever the CI contains 0. It adds the caveats a
-reader needs: the CIs are per attribute and not corrected for multiple comparisons.
+on the same test images, with 95% bootstrap CIs and McNemar p-values) and says, per emphasized
+variant and family, where the difference is significant: better when the whole CI is above 0
+and the Holm-adjusted p (`p_holm`, over every family-level test of that variant: Holm 1979) is
+below 0.05, worse when the CI is below 0 with the same p, and "no significant difference"
+otherwise. The CI accounts for images that recur across a family's perturbations (a cluster
+bootstrap), the adjustment for the number of tests. A run written before `p_holm` existed is
+read by its CIs alone, and the verdict says so.
 """
 
 from __future__ import annotations
@@ -14,9 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from iamt.vocabulary import NORMAL, Family
-
-FAMILIES = (Family.NOISE, Family.CORRUPTION, Family.ADVERSARIAL, Family.TRANSFER)
+from iamt.vocabulary import NORMAL, VERDICT_FAMILIES, Family
 
 
 class Outcome(StrEnum):
@@ -25,8 +26,14 @@ class Outcome(StrEnum):
     NO_DIFFERENCE = "no significant difference"
 
 
-def outcome(ci_low: float, ci_high: float) -> Outcome:
-    """Significant only when the 95% CI excludes 0."""
+ALPHA = 0.05  # the family-wise error rate of each variant's verdict
+
+
+def outcome(ci_low: float, ci_high: float, p_holm: float | None = None) -> Outcome:
+    """Significant only when the 95% CI excludes 0 and, where known, the Holm-adjusted p is
+    below ALPHA (None or NaN: an older run without the adjustment)."""
+    if p_holm is not None and p_holm == p_holm and p_holm >= ALPHA:
+        return Outcome.NO_DIFFERENCE
     if ci_low > 0:
         return Outcome.BETTER
     if ci_high < 0:
@@ -58,7 +65,11 @@ def _attribute_list(rows: pd.DataFrame) -> str:
 
 def family_sentence(variant: str, family: str, rows: pd.DataFrame) -> tuple[str, Outcome | None]:
     """One sentence for one variant and family, and its overall outcome (None: mixed)."""
-    outcomes = [outcome(r.diff_ci_low, r.diff_ci_high) for r in rows.itertuples()]
+    adjusted = rows["p_holm"] if "p_holm" in rows.columns else pd.Series(None, index=rows.index)
+    outcomes = [
+        outcome(low, high, None if pd.isna(p) else float(p))
+        for low, high, p in zip(rows["diff_ci_low"], rows["diff_ci_high"], adjusted, strict=True)
+    ]
     rows = rows.assign(outcome=outcomes)
     parts = []
     for kind in (Outcome.BETTER, Outcome.WORSE):
@@ -81,7 +92,7 @@ def _compared(summary: pd.DataFrame) -> pd.DataFrame:
         summary = pd.DataFrame(columns=sorted(needed | {"diff_ci_high"}))
     return summary[
         (summary["level"] == "family")
-        & summary["family"].isin(FAMILIES)
+        & summary["family"].isin(VERDICT_FAMILIES)
         & (summary["variant"] != NORMAL)
         & summary["difference"].notna()
         & summary["diff_ci_low"].notna()
@@ -133,7 +144,7 @@ def verdict(summary: pd.DataFrame, search: dict[str, Any] | None = None) -> str:
     conclusions: list[str] = []
     for variant, by_variant in rows.groupby("variant", sort=True):
         overall: list[tuple[str, Outcome | None]] = []
-        for family in FAMILIES:
+        for family in VERDICT_FAMILIES:
             part = by_variant[by_variant["family"] == family].sort_values("attribute")
             if part.empty:
                 continue
@@ -144,8 +155,19 @@ def verdict(summary: pd.DataFrame, search: dict[str, Any] | None = None) -> str:
     text = " ".join(sentences) + " In short, " + "; ".join(conclusions) + "."
     if search and search.get("chosen"):
         text += _search_sentence(search, set(rows["variant"]))
-    text += (
+    return text + _caveat(rows)
+
+
+def _caveat(rows: pd.DataFrame) -> str:
+    if "p_holm" in rows.columns and rows["p_holm"].notna().any():
+        tests = int(rows.groupby("variant")["p_holm"].count().max())
+        return (
+            f" Significant means a 95% CI that excludes 0 and a McNemar p below {ALPHA:g} "
+            f"after Holm's correction over each variant's {tests} family-level tests; "
+            "differences are on the same test images (paired)."
+        )
+    return (
         " Each CI is for one attribute and family and is not corrected for multiple "
-        "comparisons; differences are on the same test images (paired)."
+        "comparisons (this run predates the Holm-adjusted p); differences are on the same "
+        "test images (paired)."
     )
-    return text

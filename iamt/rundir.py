@@ -309,11 +309,24 @@ SUMMARY_COLUMNS = [
     "diff_ci_low",
     "diff_ci_high",
     "mcnemar_p",
+    "p_holm",  # mcnemar_p, Holm-adjusted over the variant's family-level tests
     "auc",
-    "mce",
+    "mce",  # ImageNet-C's mCE over the 15 benchmark corruptions present
     "relative_mce",
+    "mce_corruptions",  # how many of the 15 benchmark corruptions the sweep has
+    "mce_validation",  # the same over the 4 validation corruptions, apart
+    "relative_mce_validation",
+    "mean_corruption_accuracy",  # RobustBench's: mean over benchmark corruption × severity
     *SANITY_COLUMNS,
 ]
+# summary.csv columns newer than its first format: an older run reads them as empty.
+SUMMARY_ADDED_LATER = (
+    "p_holm",
+    "mce_corruptions",
+    "mce_validation",
+    "relative_mce_validation",
+    "mean_corruption_accuracy",
+)
 SEARCH_COLUMNS = [
     "spec",
     "clean_accuracy",
@@ -355,9 +368,10 @@ SCHEMAS: dict[str, CsvSchema] = {
         required=("level", "variant", "attribute", "family", "n", "accuracy", "ci_low", "ci_high"),
         numeric=(
             *("severity", "epsilon", "n", *_RATES, "difference", "diff_ci_low", "diff_ci_high"),
-            *("mcnemar_p", "auc", "mce", "relative_mce"),
+            *("mcnemar_p", "auc", "mce", "relative_mce", *SUMMARY_ADDED_LATER),
         ),
         boolean=tuple(SANITY_COLUMNS),
+        added_later=SUMMARY_ADDED_LATER,
     ),
     CLEAN: CsvSchema(
         tuple(CLEAN_COLUMNS),

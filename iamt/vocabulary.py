@@ -24,6 +24,11 @@ class Family(StrEnum):
     TRANSFER = "transfer"  # adversarials crafted on one variant, evaluated on another
 
 
+# The families whose paired differences answer "does emphasis help?": the verdict reads them,
+# and the Holm adjustment counts their tests.
+VERDICT_FAMILIES = (Family.NOISE, Family.CORRUPTION, Family.ADVERSARIAL, Family.TRANSFER)
+
+
 class StrengthAxis(StrEnum):
     """How a perturbation's strength is measured; it also names the column that holds it."""
 

@@ -132,6 +132,27 @@ class PairedComparison:
     mcnemar_p: float
 
 
+def holm(p_values: ArrayLike) -> NDArray[np.float64]:
+    """Holm's step-down adjusted p-values (Holm 1979), in the input's order.
+
+    Sorted ascending, p_(i) becomes max_{j ≤ i} min(1, (m − j + 1) · p_(j)); rejecting where
+    the adjusted p is below α controls the family-wise error rate at α for any dependence
+    between the m tests. NaN entries (no test) stay NaN and do not count in m."""
+    p = np.asarray(p_values, dtype=np.float64)
+    if p.ndim != 1:
+        raise ValueError(f"p_values must be one-dimensional, got shape {p.shape}")
+    finite = ~np.isnan(p)
+    if ((p[finite] < 0) | (p[finite] > 1)).any():
+        raise ValueError("p-values must lie in [0, 1]")
+    adjusted = np.full(p.shape, np.nan)
+    index = np.flatnonzero(finite)
+    order = index[np.argsort(p[index], kind="mergesort")]
+    m = len(order)
+    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    adjusted[order] = np.maximum.accumulate(scaled)
+    return adjusted
+
+
 def mcnemar_exact(n_a_only: int, n_b_only: int) -> float:
     """McNemar's exact test (McNemar 1947) on the discordant counts of a paired 2×2 table.
 

@@ -49,15 +49,17 @@ from iamt.rundir import (
     TIMINGS,
     RunDirectory,
 )
-from iamt.vocabulary import NORMAL, Family, Norm, StrengthAxis
+from iamt.vocabulary import NORMAL, VERDICT_FAMILIES, Family, Norm, StrengthAxis
 from robustness.jobs import Job
 from robustness.metrics import (
     area_under_curve,
     corruption_errors,
+    holm,
     paired_difference,
     wilson_interval,
 )
 from robustness.perturbations import get_perturbation_class
+from robustness.perturbations.corruptions import BENCHMARK_CORRUPTIONS, VALIDATION_CORRUPTIONS
 from robustness.sanity import CHECKS, all_passed, sanity_flags
 
 # --------------------------------------------------------------------------- part files
@@ -323,6 +325,7 @@ def summarize(parts: pd.DataFrame, *, transforms: Mapping[str, str], seed: int =
     for column in SUMMARY_COLUMNS:
         if column not in frame:
             frame[column] = np.nan
+    frame["p_holm"] = _holm_by_variant(frame)
     level_order = {"family": 0, "perturbation": 1, "condition": 2}
     frame = frame.assign(_level=frame["level"].map(level_order)).sort_values(
         ["_level", "family", "attribute", "variant", "perturbation", "severity", "epsilon"],
@@ -414,7 +417,10 @@ def _auc(group: pd.DataFrame, clean: pd.DataFrame) -> float:
 def _mce(
     mine: pd.DataFrame, clean: pd.DataFrame, normal: pd.DataFrame, normal_all: pd.DataFrame
 ) -> dict[str, float]:
-    """mCE and relative mCE of this variant, with the normal model as the baseline."""
+    """ImageNet-C's mCE and relative mCE of this variant over the 15 benchmark corruptions
+    present (the normal model is the baseline), the same over the 4 validation corruptions,
+    apart, and RobustBench's mean corruption accuracy (mean over benchmark corruption ×
+    severity conditions)."""
     baseline = normal[normal["family"] == Family.CORRUPTION.value]
     attribute = mine["attribute"].iloc[0]
     normal_clean = normal_all[
@@ -422,17 +428,56 @@ def _mce(
     ]
     if baseline.empty or clean.empty or normal_clean.empty:
         return {}
+    errors, base_errors = _error_table(mine), _error_table(baseline)
+    clean_error, base_clean_error = _error(clean), _error(normal_clean)
+    benchmark = [c for c in BENCHMARK_CORRUPTIONS if c in errors and c in base_errors]
+    validation = [c for c in VALIDATION_CORRUPTIONS if c in errors and c in base_errors]
+    row: dict[str, float] = {"mce_corruptions": len(benchmark)}
+    if benchmark:
+        ce = corruption_errors(
+            {c: errors[c] for c in benchmark},
+            {c: base_errors[c] for c in benchmark},
+            clean_error,
+            base_clean_error,
+        )
+        accuracies = [1 - e for c in benchmark for e in errors[c]]
+        row.update(
+            mce=ce.mce,
+            relative_mce=ce.relative_mce,
+            mean_corruption_accuracy=float(np.mean(accuracies)),
+        )
+    if validation:
+        ce = corruption_errors(
+            {c: errors[c] for c in validation},
+            {c: base_errors[c] for c in validation},
+            clean_error,
+            base_clean_error,
+        )
+        row.update(mce_validation=ce.mce, relative_mce_validation=ce.relative_mce)
+    return row
 
-    def table(frame: pd.DataFrame) -> dict[str, list[float]]:
-        errors = frame.groupby(["perturbation", "severity"])[["correct", "n"]].sum()
-        errors = 1 - errors["correct"] / errors["n"]
-        return {str(p): errors.loc[p].sort_index().tolist() for p in errors.index.levels[0]}
 
-    def error(frame: pd.DataFrame) -> float:
-        return 1 - float(frame["correct"].sum()) / float(frame["n"].sum())
+def _error_table(frame: pd.DataFrame) -> dict[str, list[float]]:
+    """Top-1 error per corruption, one entry per severity in ascending order."""
+    errors = frame.groupby(["perturbation", "severity"])[["correct", "n"]].sum()
+    errors = 1 - errors["correct"] / errors["n"]
+    return {str(p): errors.loc[p].sort_index().tolist() for p in errors.index.levels[0]}
 
-    summary = corruption_errors(table(mine), table(baseline), error(clean), error(normal_clean))
-    return {"mce": summary.mce, "relative_mce": summary.relative_mce}
+
+def _error(frame: pd.DataFrame) -> float:
+    return 1 - float(frame["correct"].sum()) / float(frame["n"].sum())
+
+
+def _holm_by_variant(frame: pd.DataFrame) -> pd.Series:
+    """`p_holm`: the family-level McNemar p-values of each variant, Holm-adjusted over all
+    of that variant's family-level tests in the verdict's families (every family ×
+    attribute): the tests its verdict reads. Other rows (and clean) have none."""
+    adjusted = pd.Series(np.nan, index=frame.index)
+    tested = (frame["level"] == "family") & frame["mcnemar_p"].notna()
+    tested &= frame["family"].isin([family.value for family in VERDICT_FAMILIES])
+    for _, group in frame[tested].groupby("variant"):
+        adjusted[group.index] = holm(group["mcnemar_p"].to_numpy())
+    return adjusted
 
 
 def _curve(frame: pd.DataFrame, value: str) -> dict[float, float]:

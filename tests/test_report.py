@@ -52,7 +52,7 @@ def test_report_images_exist_and_the_sections_are_there(run_dir: Path) -> None:
     assert re.search(r"corruption engine.*native torch port[^<]*: fog, pixelate", page, re.S)
     # The verdict is generated from the CIs; the search section appears only after a search.
     assert "<b>Verdict.</b>" in page and "Emphasis search" not in page
-    assert "not corrected for multiple comparisons" in page
+    assert "correction over each variant" in page and "family-level tests" in page
     assert "<h2>Notes</h2>" not in page  # every chart was drawn
     # Attention drift: its plot, and a generated answer that never claims beyond its CI.
     assert "plots/drift.png" in sources

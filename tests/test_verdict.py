@@ -123,3 +123,19 @@ def test_the_report_s_search_section_shows_the_choice_and_the_front(tmp_path: Pa
     nothing = "".join(report._search_section(table, {**search, "chosen": None}, tmp_path, notes))
     assert "No transform met the rule" in nothing
     assert report._search_section(None, None, tmp_path, notes) == []
+
+
+def test_a_ci_excluding_zero_is_not_significant_after_holm() -> None:
+    """The verdict reads Holm-adjusted p-values: a CI above 0 whose adjusted p is 0.2 is no
+    significant difference; the same CI with an adjusted p of 0.01 is."""
+    summary = _summary(
+        ("emphasized", "noise", "shape", 0.02, 0.001, 0.04),
+        ("emphasized", "noise", "size", 0.03, 0.01, 0.05),
+    ).assign(p_holm=[0.2, 0.01])
+    text = verdict(summary)
+    assert "significantly better on size" in text
+    assert "no significant difference on shape" in text
+    assert "Holm" in text and "2 family-level tests" in text
+    assert outcome(0.001, 0.04, 0.2) is Outcome.NO_DIFFERENCE
+    assert outcome(0.001, 0.04, 0.01) is Outcome.BETTER
+    assert outcome(-0.04, -0.001, float("nan")) is Outcome.WORSE  # an older run: CI alone

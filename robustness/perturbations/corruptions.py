@@ -58,6 +58,10 @@ from robustness.perturbations.native import NATIVE_CORRUPTIONS, corrupt_natively
 
 #: Every corruption, in the package's order: the 15 common ones, then the 4 validation ones.
 CORRUPTION_NAMES: tuple[str, ...] = tuple(imagecorruptions.get_corruption_names("all"))
+# ImageNet-C's mCE averages the 15 benchmark corruptions; the other 4 are held-out validation
+# corruptions, reported apart (Hendrycks & Dietterich 2019).
+BENCHMARK_CORRUPTIONS: tuple[str, ...] = tuple(imagecorruptions.get_corruption_names("common"))
+VALIDATION_CORRUPTIONS: tuple[str, ...] = tuple(imagecorruptions.get_corruption_names("validation"))
 
 #: The corruptions whose function takes a `seed=` keyword instead of numpy's global state
 #: (`impulse_noise`, `glass_blur` in imagecorruptions-imaug 1.1.5).
@@ -233,11 +237,13 @@ CORRUPTION_CLASSES: dict[str, type[Corruption]] = {
 }
 
 __all__ = [
+    "BENCHMARK_CORRUPTIONS",
     "CORRUPTION_CLASSES",
     "CORRUPTION_NAMES",
     "MIN_SIDE",
     "SEED_KEYWORD_CORRUPTIONS",
     "SERVING_ENGINES",
+    "VALIDATION_CORRUPTIONS",
     "Corruption",
     "corrupt_images",
     "corrupt_uint8",
