@@ -30,7 +30,7 @@ from iamt.config import config_to_yaml
 from iamt.data import Split, load_split
 from iamt.io import write_json, write_text
 from iamt.model import AttentionNet
-from iamt.rundir import SEARCH_REPORT, SEARCH_TABLE, RunDirectory
+from iamt.rundir import SEARCH_COLUMNS, SEARCH_REPORT, SEARCH_TABLE, RunDirectory
 from robustness.config import SearchConfig
 from robustness.runner import load_trained
 from robustness.search import (
@@ -142,7 +142,7 @@ def _run_trials(
             f"{len(failed)} of {len(specs)} search trials failed, e.g. "
             f"{(failed[0].config or {}).get('spec')!r}: {failed[0].error}"
         )
-    keep = ["clean_accuracy", "robust_accuracy", "adversarial_accuracy"]
+    keep = [column for column in SEARCH_COLUMNS if column.endswith("_accuracy")]
     return [
         {"spec": (r.config or {})["spec"], **{key: (r.metrics or {})[key] for key in keep}}
         for r in results

@@ -231,6 +231,51 @@ def _search_section(
     ]
 
 
+def prediction_table(search: dict[str, Any] | None, summary: pd.DataFrame) -> pd.DataFrame:
+    """Per family: the searched transform's gain predicted on validation (search.json) next to
+    the difference measured on test (summary.csv, family level, mean over attributes, with the
+    smallest and largest attribute), in points. Empty without a searched variant."""
+    columns = ["family", "predicted_on_validation", "measured_on_test", "test_min", "test_max"]
+    chosen = (search or {}).get("chosen")
+    variant = (search or {}).get("variant")
+    if not chosen or "difference" not in summary.columns:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for family in (Family.NOISE, Family.CORRUPTION, Family.ADVERSARIAL):
+        measured = summary[
+            (summary["level"] == "family")
+            & (summary["variant"] == variant)
+            & (summary["family"] == family)
+            & summary["difference"].notna()
+        ]["difference"]
+        predicted = chosen.get(f"{family}_gain")
+        if measured.empty and predicted is None:
+            continue
+        rows.append(
+            {
+                "family": str(family),
+                "predicted_on_validation": np.nan if predicted is None else predicted,
+                "measured_on_test": measured.mean() * 100,
+                "test_min": measured.min() * 100,
+                "test_max": measured.max() * 100,
+            }
+        )
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _prediction_section(search: dict[str, Any] | None, summary: pd.DataFrame) -> list[str]:
+    table = prediction_table(search, summary)
+    if table.empty:
+        return []
+    return [
+        "<h3>Did the search generalise? Predicted on validation vs measured on test</h3>",
+        "<p>The searched transform's gain per family (points, variant − normal) as the search "
+        "predicted it on the validation split, and as the sweep measured it on the test split "
+        "(mean over attributes, with the smallest and largest).</p>",
+        _table(table, ["family"]),
+    ]
+
+
 DRIFT_PAIR = ["job_id", "attribute"]
 
 
@@ -418,6 +463,7 @@ def _verdict_section(files: RunFiles, summary: pd.DataFrame, canvas: Canvas) -> 
         _table(_headline(summary), ["variant", "family", "attribute"]),
         _sanity_line(summary),
         *_search_section(files.search_table, files.search, canvas.plots, canvas.notes),
+        *_prediction_section(files.search, summary),
         *_drift_section(files.run.read_csv(DRIFT), canvas.plots, canvas.notes),
     ]
 

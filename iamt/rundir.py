@@ -330,12 +330,18 @@ SUMMARY_ADDED_LATER = (
 SEARCH_COLUMNS = [
     "spec",
     "clean_accuracy",
-    "robust_accuracy",
-    "adversarial_accuracy",
-    "clean_cost",
-    "robustness_gain",
+    "robust_accuracy",  # mean over every perturbed set (points)
+    "noise_accuracy",  # mean over the noise sets
+    "corruption_accuracy",
+    "adversarial_accuracy",  # under search.attack, when configured
+    "clean_cost",  # identity's clean accuracy minus this one's
+    "robustness_gain",  # pooled: robust_accuracy minus identity's
+    "noise_gain",
+    "corruption_gain",
     "adversarial_gain",
-    "pareto",
+    "worst_family_gain",  # the smallest of the measured families' gains
+    "score",  # what search.rule maximises
+    "pareto",  # on the front over (clean_cost, each family's gain)
     "chosen",
 ]
 
@@ -396,6 +402,10 @@ SCHEMAS: dict[str, CsvSchema] = {
         required=("spec", "clean_accuracy", "robust_accuracy"),
         numeric=tuple(c for c in SEARCH_COLUMNS if c not in ("spec", "pareto", "chosen")),
         boolean=("pareto", "chosen"),
+        added_later=(  # the per-family search
+            *("noise_accuracy", "corruption_accuracy", "noise_gain", "corruption_gain"),
+            *("worst_family_gain", "score"),
+        ),
     ),
 }
 KNOWN_CSVS = tuple(SCHEMAS)

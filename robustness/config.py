@@ -10,6 +10,7 @@ things run.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
@@ -164,6 +165,18 @@ def _default_search_space() -> dict[str, dict[str, list[float]]]:
     }
 
 
+class SearchRule(StrEnum):
+    """How the search turns a candidate's per-family gains into one score."""
+
+    MAX_MIN_GAIN = "max_min_gain"  # its worst family's gain: no family is traded away
+    WEIGHTED = "weighted"  # the weighted mean of the family gains (search.weights)
+    POOLED = "pooled"  # the gain in mean accuracy over every perturbed set
+
+
+# The families the search measures a gain in (adversarial only with `search.attack`).
+SEARCHED_FAMILIES = (Family.NOISE, Family.CORRUPTION, Family.ADVERSARIAL)
+
+
 class SearchAttackConfig(Section):
     name: str = Field("fgsm", description="a fixed-ε attack: fgsm, linf_pgd, l2_pgd, linf_bim")
     epsilon: PositiveFloat = 0.0156863  # 4/255
@@ -192,26 +205,47 @@ class SearchConfig(Section):
     max_trials: PositiveInt = Field(32, description="a seeded sample of the grid when larger")
     n_samples: PositiveInt = Field(500, description="validation images every trial sees")
     batch_size: PositiveInt = 500
-    noise_types: list[str] = Field(default_factory=lambda: ["gaussian", "impulse"])
-    noise_strengths: list[float] = Field(default_factory=lambda: [0.05, 0.1])
-    corruptions: list[str] = Field(default_factory=lambda: ["fog", "pixelate", "gaussian_blur"])
-    severities: list[int] = Field(default_factory=lambda: [3])
+    # The conditions: by default the sweep's own (robustness.noise / robustness.corruptions),
+    # every family across its strengths, at most `conditions_per_family` of each (a seeded
+    # sample), on the validation split.
+    noise_types: list[str] | None = Field(None, description="null: robustness.noise.types")
+    noise_strengths: list[float] | None = Field(
+        None, description="null: robustness.noise.strengths"
+    )
+    corruptions: list[str] | None = Field(None, description="null: the sweep's corruptions")
+    severities: list[int] | None = Field(None, description="null: the sweep's severities")
+    conditions_per_family: PositiveInt = Field(
+        12, description="a seeded sample of each family's (name × strength) grid when larger"
+    )
     attack: SearchAttackConfig | None = Field(None, description="optional robust accuracy at ε")
+    rule: SearchRule = Field(SearchRule.MAX_MIN_GAIN, description="how gains become a score")
+    weights: dict[Family, float] = Field(
+        default_factory=dict, description="rule weighted: family -> weight (default 1 each)"
+    )
     max_clean_cost: float = Field(
         1.0, ge=0, description="points of clean accuracy the chosen transform may cost"
+    )
+    max_family_loss: float = Field(
+        2.0, ge=0, description="points the chosen transform may lose in any one family"
     )
     variant: str = Field("searched", description="the chosen transform's variant name")
 
     @model_validator(mode="after")
     def _valid(self) -> SearchConfig:
-        if not self.noise_types and not self.corruptions:
-            raise ValueError("search needs at least one of noise_types or corruptions")
-        _check_family(self.noise_types, Family.NOISE)
-        for name in self.noise_types:
-            _check_strengths(name, self.noise_strengths)
-        _check_family(self.corruptions, Family.CORRUPTION)
-        for name in self.corruptions:
-            _check_strengths(name, list(self.severities))
+        if self.noise_types is not None:
+            _check_family(self.noise_types, Family.NOISE)
+            for name in self.noise_types:
+                _check_strengths(name, self.noise_strengths or [0.0])
+        if self.corruptions is not None:
+            _check_family(self.corruptions, Family.CORRUPTION)
+            for name in self.corruptions:
+                _check_strengths(name, list(self.severities or [1]))
+        bad = sorted(set(self.weights) - set(SEARCHED_FAMILIES))
+        if bad or any(weight < 0 for weight in self.weights.values()):
+            raise ValueError(
+                f"search.weights: families {[str(b) for b in bad]} or negative weights; "
+                f"valid families: {', '.join(SEARCHED_FAMILIES)}, weights >= 0"
+            )
         unknown = sorted({part for chain in self.compose for part in chain} - set(self.space))
         if unknown:
             raise ValueError(
@@ -227,3 +261,26 @@ class EvaluationConfig(MethodConfig):
 
     robustness: RobustnessConfig = RobustnessConfig()
     search: SearchConfig = SearchConfig()
+
+    @model_validator(mode="after")
+    def _search_has_conditions(self) -> EvaluationConfig:
+        if not self.search_noise()[0] and not self.search_corruptions()[0]:
+            raise ValueError(
+                "search: no noise and no corruption to measure (search.noise_types and "
+                "search.corruptions, or the sweep's robustness.noise and robustness.corruptions)"
+            )
+        return self
+
+    def search_noise(self) -> tuple[list[str], list[float]]:
+        """The search's noise types and strengths: its own, else the sweep's."""
+        search, noise = self.search, self.robustness.noise
+        types = noise.types if search.noise_types is None else search.noise_types
+        strengths = noise.strengths if search.noise_strengths is None else search.noise_strengths
+        return list(types), list(strengths)
+
+    def search_corruptions(self) -> tuple[list[str], list[int]]:
+        """The search's corruptions and severities: its own, else the sweep's."""
+        search, corruptions = self.search, self.robustness.corruptions
+        names = corruptions.resolved_names() if search.corruptions is None else search.corruptions
+        severities = corruptions.severities if search.severities is None else search.severities
+        return list(names), list(severities)

@@ -148,3 +148,31 @@ def test_the_search_section_reads_the_typed_search_table(run_dir: Path) -> None:
     assert "3 candidate transforms" in page and "plots/pareto.png" in page
     assert "The emphasis search chose topk:alpha=2,k=4" in page
     assert "<h2>Notes</h2>" not in page
+
+
+def test_the_search_s_prediction_stands_next_to_the_test_result() -> None:
+    """Per family: the gain the search predicted on validation, and the test-split difference
+    of the searched variant (mean, min and max over attributes, in points)."""
+    search = {
+        "variant": "searched",
+        "chosen": {"spec": "topk:k=8", "noise_gain": 1.5, "corruption_gain": -0.5},
+    }
+    summary = pd.DataFrame(
+        [
+            {"level": "family", "variant": v, "family": f, "attribute": a, "difference": d}
+            for v, f, a, d in [
+                ("searched", "noise", "shape", -0.02),
+                ("searched", "noise", "size", -0.04),
+                ("searched", "corruption", "shape", 0.01),
+                ("emphasized", "noise", "shape", 0.5),  # another variant: not this one's
+                ("searched", "clean", "shape", 0.3),  # not a searched family
+            ]
+        ]
+    )
+    table = report.prediction_table(search, summary).set_index("family")
+    assert list(table.index) == ["noise", "corruption"]
+    assert table.loc["noise", "predicted_on_validation"] == 1.5
+    assert table.loc["noise", "measured_on_test"] == pytest.approx(-3.0)
+    assert table.loc["noise", "test_min"] == pytest.approx(-4.0)
+    assert table.loc["corruption", "measured_on_test"] == pytest.approx(1.0)
+    assert report.prediction_table({"chosen": None}, summary).empty

@@ -27,6 +27,7 @@ from robustness.search import (
     images_sha256,
     measure,
     pareto_front,
+    search_conditions,
     summarize,
     validation_set,
 )
@@ -88,8 +89,12 @@ def test_the_pareto_front_and_the_rule() -> None:
         {"spec": "b", "clean_accuracy": 89.5, "robust_accuracy": 51},  # a tie: by spec
         {"spec": "c", "clean_accuracy": 87, "robust_accuracy": 53},  # gain 3, cost 3: too dear
     ]
-    for trial in trials:
-        trial["adversarial_accuracy"] = float("nan")
+    for trial in trials:  # both families move as the pooled accuracy does: every rule agrees
+        trial.update(
+            noise_accuracy=trial["robust_accuracy"],
+            corruption_accuracy=trial["robust_accuracy"],
+            adversarial_accuracy=float("nan"),
+        )
     strict = parse_config({**TINY, "search": {**SEARCH, "max_clean_cost": 1.0}}).search
     chosen = summarize(trials, strict).set_index("spec")["chosen"]
     assert chosen.to_dict() == {IDENTITY: False, "a": True, "b": False, "c": False}
@@ -194,3 +199,85 @@ def test_the_search_corrupts_with_the_sweeps_engine_choice(engine: str) -> None:
     other = "native" if engine == "reference" else "reference"
     other_engine = perturb("fog", (("engine", other),), images, 2, seed=seed)
     assert not torch.equal(data.perturbed[label], other_engine)
+
+
+def _family_trials() -> list[dict[str, Any]]:
+    """`pooled` gains most on average by losing noise; `balanced` gains a little in both."""
+    rows = [
+        # spec, clean, noise, corruption (points); 3 noise and 9 corruption sets pooled
+        (IDENTITY, 90.0, 60.0, 70.0),
+        ("pooled", 90.0, 57.0, 76.0),  # noise -3, corruption +6: pooled +3.75
+        ("balanced", 90.0, 61.0, 71.0),  # +1 and +1: pooled +1
+    ]
+    return [
+        {
+            "spec": spec,
+            "clean_accuracy": clean,
+            "noise_accuracy": noise,
+            "corruption_accuracy": corruption,
+            "robust_accuracy": (3 * noise + 9 * corruption) / 12,
+            "adversarial_accuracy": float("nan"),
+        }
+        for spec, clean, noise, corruption in rows
+    ]
+
+
+@pytest.mark.parametrize(
+    ("rule", "extra", "expected"),
+    [
+        ("pooled", {"max_family_loss": 10.0}, "pooled"),  # today's rule trades noise away
+        ("pooled", {}, "balanced"),  # ... unless the guard (2 points by default) stops it
+        ("max_min_gain", {"max_family_loss": 10.0}, "balanced"),  # the worst family decides
+        ("weighted", {"weights": {"noise": 1.0, "corruption": 1.0}}, "balanced"),
+        ("weighted", {"weights": {"noise": 0.0}, "max_family_loss": 10.0}, "pooled"),
+    ],
+)
+def test_the_rule_does_not_trade_one_family_away(
+    rule: str, extra: dict[str, Any], expected: str
+) -> None:
+    search = parse_config({**TINY, "search": {**SEARCH, "rule": rule, **extra}}).search
+    table = summarize(_family_trials(), search).set_index("spec")
+    assert table.index[table["chosen"]].tolist() == [expected]
+    assert table.loc["pooled", "noise_gain"] == -3 and table.loc["pooled", "corruption_gain"] == 6
+    assert table.loc["pooled", "worst_family_gain"] == -3
+    assert table.loc["balanced", "pareto"] and table.loc["pooled", "pareto"]  # neither dominates
+
+
+def test_the_pareto_front_is_over_every_family_s_gain() -> None:
+    # Same cost; b is better in one family and worse in the other than a: both on the front.
+    assert pareto_front([0, 1, 1], [0, 2, 1], [0, 1, 2]) == [True, True, True]
+    assert pareto_front([0, 1, 1], [0, 2, 1], [0, 2, 1]) == [True, True, False]
+    nan = float("nan")
+    assert pareto_front([0, 1], [0, 1], [nan, nan]) == [True, True]  # unmeasured: left out
+
+
+def test_the_search_samples_the_sweep_s_own_conditions_by_default() -> None:
+    config = parse_config(
+        {
+            **TINY,
+            "search": {k: v for k, v in SEARCH.items() if k not in ("noise_types", "corruptions")},
+            "robustness": {
+                "noise": {"types": ["gaussian", "shot"], "strengths": [0.02, 0.1]},
+                "corruptions": {"names": ["fog", "pixelate"], "severities": [1, 3, 5]},
+            },
+        }
+    )
+    conditions = search_conditions(config, seed=3)
+    noise = [(c[1], c[3]) for c in conditions if c[0] == "noise"]
+    assert noise == [("gaussian", 0.1), ("shot", 0.1)]  # search.noise_strengths, sweep's types
+    corruption = {(c[1], c[3]) for c in conditions if c[0] == "corruption"}
+    assert corruption == {("fog", 3), ("pixelate", 3)}  # the sweep's corruptions at [3]
+    wide = config.model_copy(
+        update={
+            "search": config.search.model_copy(
+                update={"severities": None, "noise_strengths": None, "conditions_per_family": 4}
+            )
+        }
+    )
+    sampled = search_conditions(wide, seed=3)
+    assert sum(c[0] == "noise" for c in sampled) == 4  # the whole 2 × 2 grid
+    corruptions = [(c[1], c[3]) for c in sampled if c[0] == "corruption"]
+    assert len(corruptions) == 4 and set(corruptions) < {
+        (n, s) for n in ("fog", "pixelate") for s in (1, 3, 5)
+    }
+    assert search_conditions(wide, seed=3) == sampled  # seeded
