@@ -119,10 +119,15 @@ def _conclusion(variant: str, overall: list[tuple[str, Outcome | None]]) -> str:
 def _search_sentence(search: dict[str, Any], evaluated: set[str]) -> str:
     """Where the searched transform came from, and whether the test split has judged it."""
     chosen, name = search["chosen"], search.get("variant")
+    gains = [
+        f"{family} {chosen[f'{family}_gain']:+.2f}"
+        for family in (Family.NOISE, Family.CORRUPTION, Family.ADVERSARIAL)
+        if chosen.get(f"{family}_gain") is not None
+    ]
+    predicted = ", ".join(gains) or f"pooled {chosen['robustness_gain']:+.2f}"
     return (
         f" The emphasis search chose {chosen['spec']} on the validation split "
-        f"(robustness gain {chosen['robustness_gain']:+.2f} points at a clean cost of "
-        f"{chosen['clean_cost']:+.2f} points); "
+        f"(gains {predicted} points at a clean cost of {chosen['clean_cost']:+.2f} points); "
         + (
             f"the sentences on {name} above are its test-split result, on images the "
             "search never saw."

@@ -316,7 +316,7 @@ def search_report(
         "front": [record(row) for _, row in table[table["pareto"]].iterrows()],
         "chosen": choice,
         "variant": search.variant if choice is not None else None,
-        "helps_on_validation": bool(choice is not None and choice["robustness_gain"] > 0),
+        "helps_on_validation": bool(choice is not None and choice["score"] > 0),
         "search_config": search.model_dump(mode="json"),
     }
 
