@@ -264,12 +264,18 @@ class EvaluationConfig(MethodConfig):
 
     @model_validator(mode="after")
     def _search_has_conditions(self) -> EvaluationConfig:
+        if self.search.enabled:
+            self.check_search_conditions()
+        return self
+
+    def check_search_conditions(self) -> None:
+        """A search needs something to measure (also checked by `iamt search`, which turns
+        the search on after the config was read)."""
         if not self.search_noise()[0] and not self.search_corruptions()[0]:
             raise ValueError(
                 "search: no noise and no corruption to measure (search.noise_types and "
                 "search.corruptions, or the sweep's robustness.noise and robustness.corruptions)"
             )
-        return self
 
     def search_noise(self) -> tuple[list[str], list[float]]:
         """The search's noise types and strengths: its own, else the sweep's."""

@@ -76,7 +76,12 @@ def _grid(transform: str, parameters: Mapping[str, Sequence[float]]) -> list[str
 
 def candidate_specs(config: EvaluationConfig) -> list[str]:
     """`identity` first, then the grid (or a seeded sample of it), each validated against the
-    model's channel count: a bad name, parameter or k fails here, before any work."""
+    model's channel count: a bad name, parameter or k fails here, before any work, as does a
+    search with no condition to measure."""
+    try:
+        config.check_search_conditions()
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     search = config.search
     grids = {name: _grid(name, parameters) for name, parameters in search.space.items()}
     specs = [spec for name in sorted(grids) for spec in grids[name]]

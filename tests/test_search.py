@@ -281,3 +281,12 @@ def test_the_search_samples_the_sweep_s_own_conditions_by_default() -> None:
         (n, s) for n in ("fog", "pixelate") for s in (1, 3, 5)
     }
     assert search_conditions(wide, seed=3) == sampled  # seeded
+
+
+def test_a_search_with_nothing_to_measure_is_refused_before_any_work() -> None:
+    nothing = {"noise": {"types": []}, "corruptions": {"names": []}}
+    with pytest.raises(ConfigError, match="no noise and no corruption to measure"):
+        parse_config({**TINY, "search": {"enabled": True}, "robustness": nothing})
+    disabled = parse_config({**TINY, "robustness": nothing})  # a sweep without a search is fine
+    with pytest.raises(ConfigError, match="no noise and no corruption to measure"):
+        candidate_specs(disabled)  # what `iamt search` checks first
