@@ -208,8 +208,7 @@ class RunDirectory:
 
     def update_manifest(self, **fields: Any) -> dict[str, Any]:
         """Merge `fields` into manifest.json (atomically) and return the new manifest."""
-        manifest = self.read_manifest() if self.manifest.is_file() else None
-        manifest = {**(manifest or {}), **fields}
+        manifest = {**(self.read_manifest() or {}), **fields}
         self.write_manifest(manifest)
         return manifest
 

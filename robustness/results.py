@@ -52,6 +52,7 @@ from iamt.rundir import (
 from iamt.vocabulary import NORMAL, VERDICT_FAMILIES, Family, Norm, StrengthAxis
 from robustness.jobs import Job
 from robustness.metrics import (
+    CorruptionErrorSummary,
     area_under_curve,
     corruption_errors,
     holm,
@@ -429,30 +430,22 @@ def _mce(
     if baseline.empty or clean.empty or normal_clean.empty:
         return {}
     errors, base_errors = _error_table(mine), _error_table(baseline)
-    clean_error, base_clean_error = _error(clean), _error(normal_clean)
     benchmark = [c for c in BENCHMARK_CORRUPTIONS if c in errors and c in base_errors]
     validation = [c for c in VALIDATION_CORRUPTIONS if c in errors and c in base_errors]
+
+    def over(names: list[str]) -> CorruptionErrorSummary:
+        only = {c: errors[c] for c in names}
+        return corruption_errors(only, {c: base_errors[c] for c in names}, *clean_errors)
+
+    clean_errors = (_error(clean), _error(normal_clean))
     row: dict[str, float] = {"mce_corruptions": len(benchmark)}
     if benchmark:
-        ce = corruption_errors(
-            {c: errors[c] for c in benchmark},
-            {c: base_errors[c] for c in benchmark},
-            clean_error,
-            base_clean_error,
-        )
+        ce = over(benchmark)
         accuracies = [1 - e for c in benchmark for e in errors[c]]
-        row.update(
-            mce=ce.mce,
-            relative_mce=ce.relative_mce,
-            mean_corruption_accuracy=float(np.mean(accuracies)),
-        )
+        row.update(mce=ce.mce, relative_mce=ce.relative_mce)
+        row["mean_corruption_accuracy"] = float(np.mean(accuracies))
     if validation:
-        ce = corruption_errors(
-            {c: errors[c] for c in validation},
-            {c: base_errors[c] for c in validation},
-            clean_error,
-            base_clean_error,
-        )
+        ce = over(validation)
         row.update(mce_validation=ce.mce, relative_mce_validation=ce.relative_mce)
     return row
 
