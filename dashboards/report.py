@@ -28,6 +28,7 @@ from iamt.rundir import (
     FAILURES,
     IMPORTANCE,
     MANIFEST,
+    MASKING_COLUMNS,
     PLOTS,
     RESULTS,
     SEARCH_REPORT,
@@ -187,6 +188,18 @@ def _statistics_rows() -> list[tuple[str, str]]:
             "mean corruption accuracy = the mean accuracy over the benchmark corruptions × "
             "severities (RobustBench's corruption accuracy). Computed over the benchmark "
             "corruptions the sweep has (mce_corruptions of 15)",
+        ),
+        (
+            "gradient masking",
+            "per variant and attribute, on the attacks' clean test images: the fraction with a "
+            "zero (gradient_zero_fraction) or NaN/infinite (gradient_nonfinite_fraction) input "
+            "gradient of the margin loss max_{j≠y} z_j − z_y (flag: more than 2%); the median "
+            "spread of the logits ‖z − mean z‖₂ ÷ the normal model's (logit_scale_ratio; flag: "
+            "outside [0.5, 2]); a minimisation attack's median distance growing > 2% while FGSM "
+            "robust accuracy falls > 2 points. With the Carlini et al. checks (monotone in ε, "
+            "white-box beats transfer, gradient attacks beat the decision-based one), a failed "
+            "flag marks the variant 'unreliable' in the verdict, as RobustBench does "
+            "(Croce & Hein 2020; Athalye et al. 2018)",
         ),
     ]
 
@@ -531,8 +544,11 @@ def _adversarial_section(
     sanity = summary[(summary["level"] == "family") & (summary["family"] == Family.ADVERSARIAL)]
     if not sanity.empty:
         sections += [
-            "<h3>Sanity checklist (Carlini et al. 2019)</h3>",
-            _table(sanity[["variant", "attribute", *sanity_columns]], ["variant", "attribute"]),
+            "<h3>Sanity checklist (Carlini et al. 2019) and gradient-masking flags</h3>",
+            _table(
+                sanity[["variant", "attribute", *MASKING_COLUMNS, *sanity_columns]],
+                ["variant", "attribute"],
+            ),
         ]
     return sections
 

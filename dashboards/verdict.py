@@ -8,6 +8,12 @@ below 0.05, worse when the CI is below 0 with the same p, and "no significant di
 otherwise. The CI accounts for images that recur across a family's perturbations (a cluster
 bootstrap), the adjustment for the number of tests. A run written before `p_holm` existed is
 read by its CIs alone, and the verdict says so.
+
+A variant (the normal model included) that fails a gradient-masking check (UNRELIABLE_IF_FAILED:
+zero or non-finite input gradients, a logit scale off by a factor of two, black-box or
+decision-based attacks beating the gradient attacks, robust accuracy rising with ε, a
+minimisation attack disagreeing with FGSM) has its adversarial sentences marked "unreliable", as
+RobustBench marks models whose evaluation may be broken.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from iamt.vocabulary import NORMAL, VERDICT_FAMILIES, Family
+from iamt.vocabulary import NORMAL, UNRELIABLE_IF_FAILED, VERDICT_FAMILIES, Family
 
 
 class Outcome(StrEnum):
@@ -137,6 +143,34 @@ def _search_sentence(search: dict[str, Any], evaluated: set[str]) -> str:
     )
 
 
+def unreliable(summary: pd.DataFrame) -> dict[str, list[str]]:
+    """variant -> the failed masking checks, as "check (attribute)", for every variant that
+    fails one; read from the family-level adversarial rows of summary.csv."""
+    columns = [f"sanity_{check}" for check in UNRELIABLE_IF_FAILED]
+    if not {"level", "family", *columns}.issubset(summary.columns):
+        return {}
+    rows = summary[(summary["level"] == "family") & (summary["family"] == Family.ADVERSARIAL)]
+    failed: dict[str, list[str]] = {}
+    for row in rows.sort_values(["variant", "attribute"]).itertuples():
+        for check, column in zip(UNRELIABLE_IF_FAILED, columns, strict=True):
+            value = getattr(row, column)
+            if value is False or str(value).lower() == "false":
+                failed.setdefault(str(row.variant), []).append(f"{check} ({row.attribute})")
+    return failed
+
+
+def _unreliable_sentence(failed: dict[str, list[str]]) -> str:
+    if not failed:
+        return ""
+    named = "; ".join(f"{variant}: {', '.join(checks)}" for variant, checks in failed.items())
+    return (
+        f" Unreliable under attacks: {named}. A failed gradient-masking check means the "
+        "gradient attacks may over- or under-state this model's robustness, so its adversarial "
+        "sentences above, and any comparison with it, should not be trusted without a stronger "
+        "or gradient-free attack."
+    )
+
+
 def verdict(summary: pd.DataFrame, search: dict[str, Any] | None = None) -> str:
     """The paragraph: one sentence per variant × family, a conclusion, and the caveats."""
     rows = _compared(summary)
@@ -145,22 +179,28 @@ def verdict(summary: pd.DataFrame, search: dict[str, Any] | None = None) -> str:
             "No paired comparison of an emphasized variant with the normal model is in this "
             "run yet, so the question stays open."
         )
+    failed = unreliable(summary)
+    suspect = set(failed) & {NORMAL}  # a masked normal model undermines every comparison
     sentences: list[str] = []
     conclusions: list[str] = []
     for variant, by_variant in rows.groupby("variant", sort=True):
         overall: list[tuple[str, Outcome | None]] = []
+        marked = suspect | ({str(variant)} & set(failed))
         for family in VERDICT_FAMILIES:
             part = by_variant[by_variant["family"] == family].sort_values("attribute")
             if part.empty:
                 continue
             sentence, result = family_sentence(str(variant), family, part)
+            if marked and family is Family.ADVERSARIAL:
+                sentence = f"(Unreliable: {', '.join(sorted(marked))}.) {sentence}"
             sentences.append(sentence)
             overall.append((family, result))
-        conclusions.append(_conclusion(str(variant), overall))
+        conclusion = _conclusion(str(variant), overall)
+        conclusions.append(conclusion + (" (unreliable under attacks)" if marked else ""))
     text = " ".join(sentences) + " In short, " + "; ".join(conclusions) + "."
     if search and search.get("chosen"):
         text += _search_sentence(search, set(rows["variant"]))
-    return text + _caveat(rows)
+    return text + _unreliable_sentence(failed) + _caveat(rows)
 
 
 def _caveat(rows: pd.DataFrame) -> str:

@@ -39,7 +39,7 @@ import pandas as pd
 import yaml
 
 from iamt.io import write_csv, write_json
-from iamt.vocabulary import NORMAL, SANITY_CHECKS
+from iamt.vocabulary import MASKING_CHECKS, NORMAL, SANITY_CHECKS
 
 # --------------------------------------------------------------------------- file names
 
@@ -287,7 +287,13 @@ TIMING_COLUMNS = ["job_id", "node", "worker", "attempts", "wall_s"]
 DRIFT_COLUMNS = ["job_id", "family", "perturbation", "strength", "variant", "attribute"]
 DRIFT_COLUMNS += ["mask_cosine", "importance_rank_correlation", "n"]
 DRIFT_SORT_KEY = ["family", "perturbation", "strength", "attribute", "variant", "job_id"]
-SANITY_COLUMNS = [f"sanity_{check}" for check in SANITY_CHECKS] + ["sanity_all"]
+SANITY_COLUMNS = [f"sanity_{check}" for check in (*SANITY_CHECKS, *MASKING_CHECKS)]
+SANITY_COLUMNS += ["sanity_all"]
+# The gradient-masking statistics (robustness/gradients.py), per variant × attribute; summary.csv
+# carries the fractions and the variant's logit scale ÷ the normal model's.
+GRADIENT_STATISTICS_COLUMNS = ["variant", "attribute", "n", "gradient_zero_fraction"]
+GRADIENT_STATISTICS_COLUMNS += ["gradient_nonfinite_fraction", "logit_scale"]
+MASKING_COLUMNS = ["gradient_zero_fraction", "gradient_nonfinite_fraction", "logit_scale_ratio"]
 SUMMARY_COLUMNS = [
     "level",
     "variant",
@@ -316,6 +322,7 @@ SUMMARY_COLUMNS = [
     "mce_validation",  # the same over the 4 validation corruptions, apart
     "relative_mce_validation",
     "mean_corruption_accuracy",  # RobustBench's: mean over benchmark corruption × severity
+    *MASKING_COLUMNS,
     *SANITY_COLUMNS,
 ]
 # summary.csv columns newer than its first format: an older run reads them as empty.
@@ -325,6 +332,8 @@ SUMMARY_ADDED_LATER = (
     "mce_validation",
     "relative_mce_validation",
     "mean_corruption_accuracy",
+    *MASKING_COLUMNS,
+    *(f"sanity_{check}" for check in MASKING_CHECKS),
 )
 SEARCH_COLUMNS = [
     "spec",
@@ -373,7 +382,9 @@ SCHEMAS: dict[str, CsvSchema] = {
         required=("level", "variant", "attribute", "family", "n", "accuracy", "ci_low", "ci_high"),
         numeric=(
             *("severity", "epsilon", "n", *_RATES, "difference", "diff_ci_low", "diff_ci_high"),
-            *("mcnemar_p", "auc", "mce", "relative_mce", *SUMMARY_ADDED_LATER),
+            *("mcnemar_p", "p_holm", "auc", "mce", "relative_mce", "mce_corruptions"),
+            *("mce_validation", "relative_mce_validation", "mean_corruption_accuracy"),
+            *MASKING_COLUMNS,
         ),
         boolean=tuple(SANITY_COLUMNS),
         added_later=SUMMARY_ADDED_LATER,

@@ -75,3 +75,18 @@ SANITY_CHECKS = (
     "whitebox_beats_transfer",
     "no_gradient_masking",
 )
+# The per-variant gradient-masking flags (robustness/sanity.py `masking_flags`, after AutoAttack's
+# and RobustBench's), also `sanity_<check>` columns; `sanity_all` reads both tuples.
+MASKING_CHECKS = (
+    "nonzero_gradients",
+    "comparable_logit_scale",
+    "minimisation_agrees_with_fgsm",
+)
+# The checks whose failure marks a variant's adversarial numbers "unreliable" in the verdict, as
+# RobustBench marks models: the signs of gradient masking, not of a weak attack budget.
+UNRELIABLE_IF_FAILED = (
+    "monotone_in_epsilon",
+    "whitebox_beats_transfer",
+    "no_gradient_masking",
+    *MASKING_CHECKS,
+)

@@ -60,8 +60,9 @@ from robustness.metrics import (
     wilson_interval,
 )
 from robustness.perturbations import get_perturbation_class
+from robustness.perturbations.base import MinimisationAttack
 from robustness.perturbations.corruptions import BENCHMARK_CORRUPTIONS, VALIDATION_CORRUPTIONS
-from robustness.sanity import CHECKS, all_passed, sanity_flags
+from robustness.sanity import CHECKS, FGSM, MASKING, all_passed, masking_flags, sanity_flags
 
 # --------------------------------------------------------------------------- part files
 
@@ -292,7 +293,13 @@ def _success_rate(group: pd.DataFrame, clean: pd.DataFrame) -> float:
     return float("nan") if initially == 0 else 1.0 - float(robust.sum()) / initially
 
 
-def summarize(parts: pd.DataFrame, *, transforms: Mapping[str, str], seed: int = 0) -> pd.DataFrame:
+def summarize(
+    parts: pd.DataFrame,
+    *,
+    transforms: Mapping[str, str],
+    seed: int = 0,
+    gradients: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """Aggregate the part rows into `summary.csv`, one row per (level, variant, attribute, …):
 
     - `condition`: one perturbation at one strength (pooled over shards), paired against the
@@ -302,7 +309,8 @@ def summarize(parts: pd.DataFrame, *, transforms: Mapping[str, str], seed: int =
     - `family`: everything of one family pooled, the headline comparison; the bootstrap
       resamples *images* (clusters), since each image appears under many perturbations.
       Corruption rows add mCE and relative mCE (baseline: the normal model), adversarial rows
-      the sanity checklist of the variant and attribute.
+      the sanity checklist and the gradient-masking flags of the variant and attribute
+      (`gradients`: robustness/gradients.py's statistics, when the sweep measured them).
     """
     rows: list[dict[str, Any]] = []
     normal_rows = parts[parts["variant"] == NORMAL]
@@ -318,6 +326,8 @@ def summarize(parts: pd.DataFrame, *, transforms: Mapping[str, str], seed: int =
             "attribute": attribute,
         }
         sanity = _sanity(group, clean)
+        if sanity:
+            sanity = _with_masking(sanity, group, normal, _gradient_rows(gradients, attribute))
         for family, family_rows in group.groupby("family", sort=True):
             rows += _family_summary(
                 Family(family), family_rows, base, normal, normal_rows, clean, sanity, seed
@@ -529,6 +539,63 @@ def _sanity(group: pd.DataFrame, clean: pd.DataFrame) -> dict[str, Any]:
             combined[check] = None
     result: dict[str, Any] = {f"sanity_{k}": v for k, v in combined.items()}
     result["sanity_all"] = all_passed(combined)
+    return result
+
+
+def _gradient_rows(gradients: pd.DataFrame | None, attribute: str) -> pd.DataFrame:
+    """One attribute's gradient statistics, indexed by variant (empty when not measured)."""
+    if gradients is None or gradients.empty:
+        return pd.DataFrame(columns=["logit_scale"])
+    return gradients[gradients["attribute"] == attribute].set_index("variant")
+
+
+def _minimisation_distance_ratio(group: pd.DataFrame, normal: pd.DataFrame) -> float:
+    """The largest ratio, over minimisation attacks, of the variant's median minimal distance
+    to the normal model's: the attack that says most strongly "more robust"."""
+    ratios = []
+    for name, rows in group[group["family"] == Family.ADVERSARIAL.value].groupby("perturbation"):
+        if not issubclass(get_perturbation_class(str(name)), MinimisationAttack):
+            continue
+        baseline = _pooled_median(normal[normal["perturbation"] == name])
+        if baseline > 0:
+            ratios.append(_pooled_median(rows) / baseline)
+    return max(ratios, default=float("nan"))
+
+
+def _fgsm_difference(group: pd.DataFrame, normal: pd.DataFrame) -> float:
+    """FGSM robust accuracy, variant − normal, pooled over its ε values."""
+    mine, theirs = group[group["perturbation"] == FGSM], normal[normal["perturbation"] == FGSM]
+    if mine.empty or theirs.empty:
+        return float("nan")
+    accuracy = [rows["correct"].sum() / rows["n"].sum() for rows in (mine, theirs)]
+    return float(accuracy[0] - accuracy[1])
+
+
+def _with_masking(
+    sanity: dict[str, Any], group: pd.DataFrame, normal: pd.DataFrame, gradients: pd.DataFrame
+) -> dict[str, Any]:
+    """Add the gradient-masking statistics and flags of one (variant, attribute) to its sanity
+    checklist; `sanity_all` then reads both."""
+    variant = str(group["variant"].iloc[0])
+    stats = {"gradient_zero_fraction": np.nan, "gradient_nonfinite_fraction": np.nan}
+    ratio = np.nan
+    if variant in gradients.index:
+        stats = {k: float(gradients.at[variant, k]) for k in stats}
+        if NORMAL in gradients.index and gradients.at[NORMAL, "logit_scale"] > 0:
+            scale = gradients.at[variant, "logit_scale"] / gradients.at[NORMAL, "logit_scale"]
+            ratio = float(scale)
+    compare = variant != NORMAL
+    flags = masking_flags(
+        **stats,
+        logit_scale_ratio=ratio,
+        distance_ratio=_minimisation_distance_ratio(group, normal) if compare else None,
+        fgsm_difference=_fgsm_difference(group, normal) if compare else None,
+    )
+    checks = {check: sanity[f"sanity_{check}"] for check in CHECKS}
+    checks.update(flags)
+    result: dict[str, Any] = {**stats, "logit_scale_ratio": ratio}
+    result.update({f"sanity_{check}": checks[check] for check in (*CHECKS, *MASKING)})
+    result["sanity_all"] = all_passed(checks)
     return result
 
 

@@ -32,9 +32,11 @@ from iamt.io import write_text
 from iamt.model import AttentionNet
 from iamt.rundir import CLEAN, DRIFT, IMPORTANCE, RESULTS, SUMMARY, RunDirectory
 from iamt.variants import parse_variants, variant_models
+from iamt.vocabulary import NORMAL, Family
 from iamt.workflow import Fit, RunDirectoryError, TrainInputs, now, train_and_rank
 from robustness.clean import clean_accuracy
 from robustness.config import EvaluationConfig
+from robustness.gradients import gradient_statistics
 from robustness.jobs import Job, expand_sweep, run_job
 from robustness.results import (
     drift_table,
@@ -243,11 +245,32 @@ def finish_sweep(sweep: Sweep) -> dict[str, Any]:
     )
     run = RunDirectory(run_dir)
     run.write_csv(RESULTS, results)
-    run.write_csv(SUMMARY, summarize(parts, transforms=sweep.transforms, seed=config.seed))
+    summary = summarize(
+        parts, transforms=sweep.transforms, seed=config.seed, gradients=_gradients(sweep)
+    )
+    run.write_csv(SUMMARY, summary)
     run.write_csv(DRIFT, drift_table(parts))
     write_failures(run_dir, sweep.failures)
     write_timings(run_dir, sweep.timings)
     return {"total": len(sweep.jobs), "done": len(finished), "failed": len(sweep.failures)}
+
+
+def _gradients(sweep: Sweep) -> pd.DataFrame | None:
+    """The gradient-masking statistics on the attacks' first test images, when the sweep attacks
+    (None otherwise: nothing to flag)."""
+    if not any(job.family is Family.ADVERSARIAL for job in sweep.jobs):
+        return None
+    robustness = sweep.config.robustness
+    normal = sweep.models[NORMAL]
+    assert isinstance(normal, AttentionNet)  # the checkpoint's own model, not a view of it
+    n = min(robustness.attacks.n_samples, len(sweep.images))
+    return gradient_statistics(
+        sweep.models,
+        sweep.images[:n],
+        sweep.labels[:n],
+        list(normal.architecture.attribute_names),
+        robustness.batch_size,
+    )
 
 
 class SweepRunner(Protocol):

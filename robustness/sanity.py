@@ -20,13 +20,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from iamt.vocabulary import SANITY_CHECKS
+from iamt.vocabulary import MASKING_CHECKS, SANITY_CHECKS
 
 __all__ = [
     "CHECKS",
     "FGSM",
     "LINF_PGD",
+    "LOGIT_SCALE_BOUNDS",
+    "MASKING",
     "all_passed",
+    "masking_flags",
     "sanity_flags",
 ]
 
@@ -37,6 +40,12 @@ LINF_PGD = "linf_pgd"
 
 CHECKS = SANITY_CHECKS
 """The flags `sanity_flags` returns, in this order."""
+MASKING = MASKING_CHECKS
+"""The flags `masking_flags` returns, in this order."""
+
+LOGIT_SCALE_BOUNDS = (0.5, 2.0)
+"""A variant's logit scale ÷ the normal model's outside this range flags it: a factor of two
+changes the softmax temperature enough to saturate or flatten a loss-gradient attack."""
 
 Curve = Mapping[float, float]
 
@@ -173,3 +182,51 @@ def all_passed(flags: Mapping[str, bool | None], *, strict: bool = False) -> boo
     if all(value is None for value in values):
         return None
     return True
+
+
+def _number(value: float | None) -> float | None:
+    """None for a missing or NaN value (a check that cannot be evaluated)."""
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def masking_flags(
+    *,
+    gradient_zero_fraction: float | None,
+    gradient_nonfinite_fraction: float | None,
+    logit_scale_ratio: float | None,
+    distance_ratio: float | None = None,
+    fgsm_difference: float | None = None,
+    tolerance: float = 0.02,
+) -> dict[str, bool | None]:
+    """The per-variant gradient-masking flags, after AutoAttack's (Croce & Hein 2020); True =
+    the check passes, None = it cannot be evaluated.
+
+    - `nonzero_gradients`: at most `tolerance` of the samples have a zero, NaN or infinite input
+      gradient (robustness/gradients.py).
+    - `comparable_logit_scale`: the variant's logit scale ÷ the normal model's lies within
+      LOGIT_SCALE_BOUNDS.
+    - `minimisation_agrees_with_fgsm`: it is not the case that a minimisation attack needs a
+      larger perturbation after emphasis (`distance_ratio` = the variant's median minimal
+      distance ÷ the normal model's, above 1 + `tolerance`) while FGSM's robust accuracy falls
+      (`fgsm_difference` = variant − normal, below −`tolerance`): the two would then disagree on
+      whether the variant is more robust, which is what masked gradients look like.
+    """
+    zero, nonfinite = _number(gradient_zero_fraction), _number(gradient_nonfinite_fraction)
+    ratio, distance, fgsm = (
+        _number(logit_scale_ratio),
+        _number(distance_ratio),
+        _number(fgsm_difference),
+    )
+    low, high = LOGIT_SCALE_BOUNDS
+    nonzero = None if zero is None or nonfinite is None else zero + nonfinite <= tolerance
+    comparable = None if ratio is None else low <= ratio <= high
+    agrees = (
+        None
+        if distance is None or fgsm is None
+        else not (distance > 1 + tolerance and fgsm < -tolerance)
+    )
+    return {
+        "nonzero_gradients": nonzero,
+        "comparable_logit_scale": comparable,
+        "minimisation_agrees_with_fgsm": agrees,
+    }

@@ -16,8 +16,11 @@ from cluster.cli import main
 from cluster.config import RunConfig, load_config, parse_config
 from iamt.checkpoint import load_checkpoint, save_checkpoint
 from iamt.config import ConfigError
+from iamt.data import Split, as_tensors, load_split
+from iamt.vocabulary import NORMAL
 from iamt.workflow import RunDirectoryError, adopt_checkpoint
-from robustness.runner import TrainRunSummary, train_run
+from robustness.gradients import gradient_statistics
+from robustness.runner import TrainRunSummary, load_trained, train_run
 from tests.conftest import TINY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,6 +148,13 @@ def test_demo_config_meets_the_acceptance_bar(tmp_path: Path) -> None:
         assert summary.localisation[attribute] >= 1.5, summary.localisation
     # Background texture lives outside the object: its masks must not prefer the object.
     assert summary.localisation["background"] < summary.localisation["shape"]
+    # Its input gradients are live (the masking flag's counterpart to a quantized model).
+    model, _ = load_trained(summary.run_dir)
+    images, labels = as_tensors(load_split(config.data, Split.TEST, config.seed), 200)
+    names = list(model.architecture.attribute_names)
+    stats = gradient_statistics({NORMAL: model}, images, labels, names, batch_size=100)
+    dead = stats["gradient_zero_fraction"] + stats["gradient_nonfinite_fraction"]
+    assert (dead <= 0.02).all(), stats
 
 
 def test_a_changed_robustness_section_does_not_block_training(
