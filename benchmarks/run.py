@@ -23,6 +23,7 @@ from typing import Any
 import ray
 import torch
 
+from benchmarks.cli import measure_startup
 from benchmarks.figures import (
     FIGURES,
     Bench,
@@ -90,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             rates = throughputs(bench)
         finally:
             ray.shutdown()
+    print("measuring the CLI's start-up ...", file=sys.stderr, flush=True)
+    startup = measure_startup(1 if args.quick else 5)  # absolute seconds, beside python -c pass
 
     print(f"\nbenchmarks on {label}; {args.repeats} repetitions; ratios, median [min, max]")
     for figure in figures:
@@ -101,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nthroughput on {label}, images/s, 1 thread" + (" + GPU" if args.use_gpu else ""))
     for key, value in rates.items():
         print(f"  {key:<32} {value:10.1f}")
+    print(f"\nCLI start-up on {label}, wall seconds, median of {len(startup[0].seconds)}")
+    for entry in startup:
+        print(f"  {entry.line()}")
 
     write_json(
         args.out,
@@ -126,11 +132,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for figure in figures
             ],
             "throughput_images_per_s": rates,
+            "cli_startup_s": {
+                entry.name: {**asdict(entry), "median": entry.median, "passed": entry.passed}
+                for entry in startup
+            },
             "wall_s": time.perf_counter() - started,
         },
     )
     print(f"\nwrote {args.out} ({time.perf_counter() - started:.0f} s)")
-    return 0 if all(figure.passed for figure in figures) else 1
+    passed = all(figure.passed for figure in figures) and all(e.passed for e in startup)
+    return 0 if passed else 1
 
 
 def _note(value: object) -> str:

@@ -8,18 +8,26 @@
     iamt dashboard [--runs DIR] [--port N] [--host ADDRESS]
 
 `run` is the main job: Ray Train, the sweep fanned out over Ray, the report. `train`,
-`evaluate` and `report` are its stages in one process, without Ray. Subcommands that use Ray
-import it lazily, so `iamt --help` and `iamt train` start fast.
+`evaluate` and `report` are its stages in one process, without Ray.
+
+Each command imports its heavy packages (torch, Ray, foolbox, Streamlit) inside its own
+function, after its arguments, its config and its output directory are checked, so `--help`
+and every such mistake answer at once. The commands that write a run directory hold its lock
+(`iamt.runlock`) while they work. Faults end as one line, `iamt CMD: error: ...`, exit 2: a
+user's mistake, a second writer, a full disk or quota, and the driver running out of memory.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from iamt.io import is_out_of_space
 from iamt.rundir import (
     CLEAN,
     CONFIG,
@@ -27,38 +35,44 @@ from iamt.rundir import (
     FAILURES,
     IMPORTANCE,
     MANIFEST,
+    PARTS,
     REPORT,
     RESULTS,
     SEARCH_REPORT,
     SEARCH_TABLE,
     SUMMARY,
     TIMINGS,
+    RunDirectory,
 )
+from iamt.runlock import check_writable, hold_run_lock
+
+if TYPE_CHECKING:
+    from cluster.config import RunConfig
 
 SWEEP_OUTPUTS = ", ".join((RESULTS, SUMMARY, DRIFT, FAILURES, TIMINGS))
 
 
-def _user_errors(command: str) -> tuple[type[Exception], ...]:
-    """User mistakes: printed as `iamt CMD: error: ...`, exit 2, no traceback. Imported here,
-    not at the top, so that `iamt --help` does not wait for torch."""
-    from iamt.checkpoint import CheckpointError
-    from iamt.config import ConfigError
-    from iamt.data import DatasetError
-    from iamt.rundir import RunDataError
-    from iamt.workflow import RunDirectoryError
+# User mistakes, printed as `iamt CMD: error: ...`, exit 2, no traceback. Named by module, not
+# imported: an error of a module can only be raised once that module is loaded, so looking it
+# up in sys.modules keeps a config error from waiting for torch.
+USER_ERRORS = (
+    ("iamt.config", "ConfigError"),
+    ("iamt.data.base", "DatasetError"),
+    ("iamt.checkpoint", "CheckpointError"),
+    ("iamt.runlock", "RunDirectoryError"),  # also a second writer (RunDirectoryInUseError)
+    ("iamt.rundir", "RunDataError"),
+    ("cluster.sweep", "ClusterUnreachableError"),
+)
 
-    errors: tuple[type[Exception], ...] = (
-        ConfigError,
-        DatasetError,
-        CheckpointError,
-        RunDirectoryError,
-        RunDataError,
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The user-mistake types among the modules loaded so far."""
+    loaded = (
+        getattr(sys.modules[module], name, None)
+        for module, name in USER_ERRORS
+        if module in sys.modules
     )
-    if command in ("run", "search"):  # only these import Ray
-        from cluster.sweep import ClusterUnreachableError
-
-        errors = (*errors, ClusterUnreachableError)
-    return errors
+    return tuple(kind for kind in loaded if isinstance(kind, type))
 
 
 def _add_set_argument(parser: argparse.ArgumentParser, example: str) -> None:
@@ -141,13 +155,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train(args: argparse.Namespace) -> int:
+def _output_directory(args: argparse.Namespace) -> tuple[RunConfig, Path]:
+    """`train` and `run`: the config and the run directory they write, both checked (no torch
+    yet). The directory is kept in `args.run_dir` for the fault messages."""
     from cluster.config import load_config
-    from robustness.runner import train_run
 
     config = load_config(args.config, args.overrides)
-    run_dir = args.out or Path("runs") / config.name
-    summary = train_run(config, run_dir, force=args.force, show_progress=not args.quiet)
+    args.run_dir = args.out or Path("runs") / config.name
+    check_writable(args.run_dir)
+    return config, args.run_dir
+
+
+def _train(args: argparse.Namespace) -> int:
+    config, run_dir = _output_directory(args)
+    with hold_run_lock(run_dir, args.command_line):
+        from robustness.runner import train_run
+
+        summary = train_run(config, run_dir, force=args.force, show_progress=not args.quiet)
     table = summary.clean.pivot(index="attribute", columns="variant", values="accuracy")
     print(f"\nclean accuracy on the test split ({run_dir}):")
     print(table.to_string(float_format=lambda v: f"{v:.3f}"))
@@ -159,20 +183,19 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from cluster.config import load_config
-    from cluster.pipeline import run_pipeline
+    config, run_dir = _output_directory(args)
+    with hold_run_lock(run_dir, args.command_line):  # in the driver, also under ray job submit
+        from cluster.pipeline import run_pipeline
 
-    config = load_config(args.config, args.overrides)
-    run_dir = args.out or Path("runs") / config.name
-    result = run_pipeline(
-        config,
-        run_dir,
-        address=args.address,
-        checkpoint=args.checkpoint,
-        force=args.force,
-        report=not args.no_report,
-        show_progress=not args.quiet,
-    )
+        result = run_pipeline(
+            config,
+            run_dir,
+            address=args.address,
+            checkpoint=args.checkpoint,
+            force=args.force,
+            report=not args.no_report,
+            show_progress=not args.quiet,
+        )
     jobs = result.jobs
     print(
         f"\n{run_dir}: {'trained' if result.trained else 'checkpoint reused'}; "
@@ -187,10 +210,12 @@ def _run(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from cluster.config import load_run_config
-    from robustness.runner import evaluate_run
 
     config = load_run_config(args.run_dir, args.overrides)
-    counts = evaluate_run(args.run_dir, config, show_progress=not args.quiet)
+    with hold_run_lock(args.run_dir, args.command_line):
+        from robustness.runner import evaluate_run
+
+        counts = evaluate_run(args.run_dir, config, show_progress=not args.quiet)
     print(
         f"\n{counts['done']}/{counts['total']} jobs done, {counts['failed']} failed; wrote "
         f"{args.run_dir}/: {SWEEP_OUTPUTS}"
@@ -200,11 +225,16 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _search(args: argparse.Namespace) -> int:
     from cluster.config import load_run_config
-    from cluster.pipeline import search_run
-    from cluster.search import with_search_enabled
 
-    config = with_search_enabled(load_run_config(args.run_dir, args.overrides))
-    report = search_run(config, args.run_dir, address=args.address, show_progress=not args.quiet)
+    config = load_run_config(args.run_dir, args.overrides)
+    with hold_run_lock(args.run_dir, args.command_line):
+        from cluster.pipeline import search_run
+        from cluster.search import with_search_enabled
+
+        config = with_search_enabled(config)
+        report = search_run(
+            config, args.run_dir, address=args.address, show_progress=not args.quiet
+        )
     baseline, chosen = report["baseline"], report["chosen"]
     print(
         f"\n{report['n']} validation images; normal: clean {baseline['clean_accuracy']:.2f}, "
@@ -246,20 +276,63 @@ HANDLERS = {
 }
 
 
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    """The arguments, with the command line a second writer is shown (`args.command_line`)."""
+    args = build_parser().parse_args(argv)  # --help and usage errors exit here
+    args.command_line = shlex.join(["iamt", *argv])
+    return args
+
+
 def execute(argv: Sequence[str] | None = None) -> int:
     """Run one `iamt` command and let its errors propagate (tests assert on their types)."""
-    args = build_parser().parse_args(argv)
+    args = _parse(list(sys.argv[1:] if argv is None else argv))
     return HANDLERS[args.command](args)
 
 
+def _kept(run_dir: Path | None) -> str:
+    """What a failed command leaves for its rerun to resume from."""
+    if run_dir is None or not run_dir.is_dir():
+        return "kept: nothing yet"
+    run = RunDirectory(run_dir)
+    kept = [f"the trained checkpoint {run.checkpoint_stem}"] if run.has_checkpoint() else []
+    finished = len(list(run.parts.glob("*.csv"))) if run.parts.is_dir() else 0
+    if finished:
+        kept.append(f"{finished} finished job(s) in {run_dir / PARTS}")
+    return "kept: " + (", ".join(kept) or f"nothing that needs redoing yet in {run_dir}")
+
+
+def fault_message(error: BaseException, run_dir: Path | None) -> str | None:
+    """The one line for a fault the user can act on; None for a bug (it keeps its traceback)."""
+    if isinstance(error, _user_errors()):
+        return str(error)
+    if is_out_of_space(error):
+        path = getattr(error, "path", None) or getattr(error, "filename", None)
+        path = path or run_dir or "a file"  # a library's error may not say which file
+        return (
+            f"no space left on device while writing {path}; {_kept(run_dir)}; a rerun of the "
+            "same command resumes once space is freed (nothing was left half-written)"
+        )
+    torch = sys.modules.get("torch")
+    out_of_memory = (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))
+    if isinstance(error, out_of_memory):
+        return (
+            f"out of memory in the driver ({type(error).__name__}: {error}); {_kept(run_dir)}; "
+            "a rerun resumes (smaller data.n_*, batch sizes or robustness.*.n_samples need less)"
+        )
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """`iamt`: `execute`, with a user's mistake printed as one line instead of a traceback."""
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    command = build_parser().parse_args(arguments).command  # --help and usage errors exit here
+    """`iamt`: `execute`, with a user's mistake or a fault printed as one line (exit status 2)
+    instead of a traceback."""
+    args = _parse(list(sys.argv[1:] if argv is None else argv))
     try:
-        return execute(arguments)
-    except _user_errors(command) as error:
-        print(f"iamt {command}: error: {error}", file=sys.stderr)
+        return HANDLERS[args.command](args)
+    except Exception as error:
+        message = fault_message(error, getattr(args, "run_dir", None))
+        if message is None:
+            raise
+        print(f"iamt {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

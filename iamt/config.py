@@ -5,7 +5,8 @@ beside the code it configures: here the data, model, training, importance and em
 (`MethodConfig`); the robustness sweep and the emphasis search in `robustness/config.py`
 (`EvaluationConfig` extends `MethodConfig`); where things run in `cluster/config.py`, which
 assembles the whole `RunConfig` and its `load_config(path, overrides)`. Every section has
-defaults, so `name:` alone is a valid config (see `configs/demo.yaml`). Any mistake raises
+defaults, so `name: ...` alone is a valid config (see `configs/demo.yaml`); an empty file, or
+one of comments only, is refused (most likely the wrong file). Any mistake raises
 `ConfigError` naming the bad key or value and the valid choices, before any work starts.
 """
 
@@ -26,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from iamt.data.base import DatasetName
+from iamt.vocabulary import DatasetName
 
 
 class ConfigError(ValueError):
@@ -210,9 +211,14 @@ def read_config_file(
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if raw is None:  # zero bytes, blank lines or only comments: most likely the wrong file
+        raise ConfigError(
+            f"config file {str(path)!r} is empty (no keys, only blank lines or comments); "
+            "give at least one key, e.g. `name: my-run` (see configs/demo.yaml)"
+        )
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
     return validate_config(schema, apply_overrides_to(schema, raw, overrides), source=str(path))

@@ -21,6 +21,7 @@ file's name. It imports no torch (the dashboard must start without it), only pan
       search.csv           one row per emphasis-search trial; search.json its choice
       search/              Ray Tune's records;  ray_train/  Ray Train's checkpoints
       report.html          the static report; plots/ beside it
+      .iamt.lock           held (flock) by the one command writing the run (iamt/runlock.py)
 
 A run may be read while it is being written: a missing file is normal (readers return None)
 and a malformed one raises `RunDataError` naming the file.
@@ -64,6 +65,7 @@ TUNE_RECORDS = "search"  # Ray Tune's experiment records
 TRAIN_STORAGE = "ray_train"  # Ray Train's storage path (per-epoch checkpoints)
 REPORT = "report.html"
 PLOTS = "plots"
+LOCK = ".iamt.lock"  # flock'ed by the writing command; holds its pid, host and command
 
 # What a sweep or a search derives from the checkpoint: stale as soon as the checkpoint changes.
 EVALUATION_OUTPUTS = (

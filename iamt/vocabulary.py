@@ -14,6 +14,16 @@ IDENTITY = "identity"  # the spec of the identity mask transform
 NO_PERTURBATION = "none"  # the perturbation column of clean rows
 
 
+class DatasetName(StrEnum):
+    """The datasets a config may name (`data.name`); the loaders live in iamt/data/."""
+
+    SHAPES = "shapes"
+    DIGITS = "digits"
+    CELEBA = "celeba"
+    CIFAR10 = "cifar10"
+    FOLDER = "folder"
+
+
 class Family(StrEnum):
     """What kind of perturbation produced a row (`results.csv`'s `family` column)."""
 

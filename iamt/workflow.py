@@ -21,7 +21,6 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -41,13 +40,13 @@ from iamt.importance import channel_importance, importance_table, localisation_r
 from iamt.io import atomic_path, write_text
 from iamt.model import Architecture, AttentionNet, build_model
 from iamt.rundir import IMPORTANCE, MASK_TENSORS, RunDirectory
+
+# Torch-free, so the CLI checks the output directory before importing torch; re-exported.
+from iamt.runlock import RunDirectoryError as RunDirectoryError
+from iamt.runlock import check_writable
 from iamt.train import EpochRecord, channel_statistics, resolve_device, seed_everything, train_model
 from iamt.transforms import MaskTransform
 from iamt.variants import parse_variants, variant_model
-
-
-class RunDirectoryError(ValueError):
-    """The output directory cannot be used as asked (changed config, not writable, ...)."""
 
 
 def check_run_directory(run_dir: Path, config: MethodConfig, *, force: bool) -> None:
@@ -70,25 +69,6 @@ def check_run_directory(run_dir: Path, config: MethodConfig, *, force: bool) -> 
     check_writable(run_dir)
 
 
-def check_writable(run_dir: Path) -> None:
-    """Refuse an output directory that cannot be created or written, before any work.
-
-    The test is a real one (a temporary file, removed at once): `os.access` says yes to root on
-    read-only or virtual filesystems, and cannot see quotas or ACLs."""
-    probe = run_dir if run_dir.exists() else _first_existing_parent(run_dir)
-    if not probe.is_dir():
-        raise RunDirectoryError(
-            f"output directory {str(run_dir)!r} cannot be created: {str(probe)!r} is a file"
-        )
-    try:
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as error:
-        raise RunDirectoryError(
-            f"output directory {str(probe)!r} is not writable ({error.strerror or error})"
-        ) from None
-
-
 def _resolved(schema: type[MethodConfig], raw: dict[str, Any]) -> dict[str, Any]:
     """A stored config with its defaults filled in, so only real changes show up in a diff.
     One that no longer validates is compared as written."""
@@ -96,13 +76,6 @@ def _resolved(schema: type[MethodConfig], raw: dict[str, Any]) -> dict[str, Any]
         return validate_config(schema, raw).model_dump(mode="json")
     except ConfigError:
         return raw
-
-
-def _first_existing_parent(path: Path) -> Path:
-    path = path.absolute()
-    while not path.exists():
-        path = path.parent
-    return path
 
 
 def _diff_keys(old: Any, new: Any, prefix: str = "") -> list[str]:

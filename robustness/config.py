@@ -18,29 +18,31 @@ from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_va
 from iamt.config import MethodConfig, Section
 from iamt.rundir import DRIFT
 from iamt.vocabulary import NORMAL, Engine, Family, Norm
-from robustness.perturbations import (
+from robustness.catalogue import (
     PerturbationError,
-    create_perturbation,
-    get_perturbation_class,
-    list_perturbations,
+    catalogue_entry,
+    catalogue_names,
+    check_parameters,
+    check_strength,
+    engine_of,
 )
-from robustness.perturbations.corruptions import Corruption
 
 
 def _check_strengths(name: str, strengths: Sequence[float]) -> None:
-    """Validate names and strengths against the perturbation registry (no work done yet)."""
+    """Validate names and strengths against the torch-free perturbation catalogue, which the
+    registered classes are held to (no torch or foolbox import, no work done yet)."""
     try:
-        cls = get_perturbation_class(name)
+        entry = catalogue_entry(name)
         if not strengths:
             raise PerturbationError(f"{name}: the strength list is empty")
         for strength in strengths:
-            cls.validate_strength(strength)
+            check_strength(name, entry.axis, entry.min_strength, entry.max_strength, strength)
     except PerturbationError as error:
         raise ValueError(str(error)) from None
 
 
 def _check_family(names: list[str], family: Family) -> None:
-    valid = list_perturbations(family)
+    valid = catalogue_names(family)
     unknown = [name for name in names if name not in valid]
     if unknown:
         raise ValueError(f"unknown {family} name(s) {unknown}; valid: {', '.join(valid)}")
@@ -90,16 +92,15 @@ class CorruptionConfig(Section):
         """The engine that corrupts with `name`: the override, else `engine`, with `auto`
         resolved by the corruption's registry entry (native where it passed the gate)."""
         choice = self.engine_overrides.get(name, self.engine)
-        cls = get_perturbation_class(name)
-        assert issubclass(cls, Corruption), f"{name} is not a corruption"
+        assert catalogue_entry(name).family is Family.CORRUPTION, f"{name} is not a corruption"
         try:
-            return cls.resolve_engine(choice)
+            return engine_of(name, choice)
         except PerturbationError as error:
             raise ValueError(str(error)) from None
 
     def resolved_names(self) -> list[str]:
         if self.names == "all":
-            return list_perturbations(Family.CORRUPTION)
+            return catalogue_names(Family.CORRUPTION)
         return list(self.names)
 
 
@@ -130,7 +131,7 @@ class AttacksConfig(Section):
                 raise ValueError(f"attack {method.name!r} is listed twice")
             seen.add(method.name)
             try:
-                create_perturbation(method.name, **method.params)
+                check_parameters(method.name, method.params)
             except PerturbationError as error:
                 raise ValueError(str(error)) from None
             _check_strengths(method.name, self.epsilons_for(method))
@@ -139,8 +140,15 @@ class AttacksConfig(Section):
     def epsilons_for(self, method: AttackConfig) -> list[float]:
         if method.epsilons is not None:
             return method.epsilons
-        norm = getattr(get_perturbation_class(method.name), "norm", Norm.LINF)
+        norm = catalogue_entry(method.name).norm or Norm.LINF
         return self.linf_epsilons if norm == Norm.LINF else self.l2_epsilons
+
+
+class Precision(StrEnum):
+    """The arithmetic of a sweep's inference and attacks."""
+
+    FP32 = "fp32"  # float32 throughout: the bits the tests and results.csv pin
+    BF16 = "bf16"  # bfloat16 autocast (channels_last on CUDA): for GPUs with bf16 units
 
 
 class RobustnessConfig(Section):

@@ -386,6 +386,13 @@ CASES = [
     Case("config file missing", _missing_config, ConfigError, ("nope.yaml", "does not exist")),
     Case("not YAML", _config_text("name: [unclosed\n"), ConfigError, ("not valid YAML",)),
     Case("YAML not a mapping", _config_text("- a\n- b\n"), ConfigError, ("mapping", "list")),
+    Case("empty config file", _config_text(""), ConfigError, ("raw.yaml", "is empty")),
+    Case(
+        "config of comments only",
+        _config_text("# name: demo\n\n# seed: 1\n"),
+        ConfigError,
+        ("raw.yaml", "is empty", "only blank lines or comments"),
+    ),
     # -- config: ranges ---------------------------------------------------------------------
     Case(
         "severity above 5",

@@ -22,13 +22,8 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-
-class DatasetName(StrEnum):
-    SHAPES = "shapes"
-    DIGITS = "digits"
-    CELEBA = "celeba"
-    CIFAR10 = "cifar10"
-    FOLDER = "folder"
+# Defined in the torch-free vocabulary, so the config reads it without torch; re-exported.
+from iamt.vocabulary import DatasetName as DatasetName
 
 
 class Split(StrEnum):

@@ -6,6 +6,7 @@ into the package to trigger registration, so there is no import cycle.
 """
 
 from iamt.vocabulary import Family, StrengthAxis
+from robustness.catalogue import catalogue_names
 from robustness.perturbations.base import (
     PERTURBATIONS,
     Attack,
@@ -25,6 +26,14 @@ from robustness.perturbations.base import (
 # Then the modules that register: their @register_perturbation decorators run on import.
 from robustness.perturbations import attacks, corruptions, noise  # noqa: F401
 from robustness.perturbations.corruptions import Corruption
+
+# Every class checked its metadata against the catalogue as it registered; the names must
+# match too, so that the config (which reads only the catalogue) knows exactly these.
+if PERTURBATIONS.names() != catalogue_names():
+    raise AssertionError(
+        "the registered perturbations and robustness/catalogue.py differ: "
+        f"{sorted(set(PERTURBATIONS.names()) ^ set(catalogue_names()))}"
+    )
 
 __all__ = [
     "PERTURBATIONS",

@@ -32,15 +32,16 @@ import torch
 from torch import Tensor, nn
 
 from iamt.registry import Registry
-from iamt.vocabulary import SEVERITIES, Family, Norm, StrengthAxis
-
-#: A validated strength: an `int` severity on the SEVERITY axis, a `float` ε on the EPSILON one.
-Strength = int | float
-
-
-class PerturbationError(ValueError):
-    """A perturbation name, strength or input is invalid; the message names the valid range."""
-
+from iamt.vocabulary import Family, Norm, StrengthAxis
+from robustness.catalogue import (
+    PerturbationError,
+    PerturbationSpec,
+    Strength,
+    check_against_catalogue,
+    check_positive_parameter,
+    check_strength,
+    unknown_perturbation,
+)
 
 PERTURBATIONS: Registry[type[Perturbation]] = Registry("perturbation", PerturbationError)
 
@@ -50,9 +51,30 @@ PerturbationType = TypeVar("PerturbationType", bound="type[Perturbation]")
 
 def register_perturbation(cls: PerturbationType) -> PerturbationType:
     """Class decorator: register `cls` under `cls.name` (a second `cls.name` raises
-    `iamt.registry.DuplicateEntryError`)."""
+    `iamt.registry.DuplicateEntryError`), after checking it against its entry in the
+    torch-free catalogue (`robustness/catalogue.py`), which the config reads."""
+    check_against_catalogue(spec_of(cls))
     PERTURBATIONS.add(cls.name, cls)
     return cls
+
+
+def spec_of(cls: type[Perturbation]) -> PerturbationSpec:
+    """A class's metadata in the catalogue's terms, to compare the two."""
+    names = cls.parameter_names()
+    defaults: dict[str, Any] = {}
+    if dataclasses.is_dataclass(cls):
+        defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.name in names}
+    return PerturbationSpec(
+        name=cls.name,
+        family=cls.family,
+        axis=cls.axis,
+        min_strength=cls.min_strength,
+        max_strength=cls.max_strength,
+        norm=getattr(cls, "norm", None),
+        parameters=defaults,
+        engines=getattr(cls, "engines", ()),
+        native_default=getattr(cls, "native_default", False),
+    )
 
 
 def list_perturbations(family: Family | None = None) -> list[str]:
@@ -64,12 +86,7 @@ def get_perturbation_class(name: str) -> type[Perturbation]:
     """The class registered as `name`; an unknown name raises naming the valid ones by family."""
     if name not in PERTURBATIONS:
         # More helpful than the registry's flat list: the valid names grouped by family.
-        by_family = {
-            family.value: ", ".join(list_perturbations(family))
-            for family in (Family.NOISE, Family.CORRUPTION, Family.ADVERSARIAL)
-        }
-        valid = "; ".join(f"{family}: {names}" for family, names in by_family.items())
-        raise PerturbationError(f"unknown perturbation {name!r}; valid are {valid}")
+        raise unknown_perturbation(name)
     return PERTURBATIONS.get(name)
 
 
@@ -138,23 +155,7 @@ class Perturbation(ABC):
     def validate_strength(cls, strength: float) -> Strength:
         """The one check of a strength: an `int` severity, or a `float` ε, else raise naming
         the bad value and the valid range."""
-        if cls.axis is StrengthAxis.SEVERITY:
-            if strength not in SEVERITIES or isinstance(strength, bool):
-                raise PerturbationError(
-                    f"{cls.name}: severity {strength!r} is invalid; "
-                    f"valid severities: {', '.join(map(str, SEVERITIES))}"
-                )
-            return int(strength)  # 3.0 from a job's float strength is severity 3
-        if (
-            isinstance(strength, bool)
-            or not isinstance(strength, int | float)
-            or not (cls.min_strength <= strength <= cls.max_strength)
-        ):
-            raise PerturbationError(
-                f"{cls.name}: epsilon {strength!r} is out of range; "
-                f"valid: {cls.min_strength} ≤ epsilon ≤ {cls.max_strength}"
-            )
-        return float(strength)
+        return check_strength(cls.name, cls.axis, cls.min_strength, cls.max_strength, strength)
 
     def __repr__(self) -> str:
         params = ", ".join(f"{p}={_repr_value(getattr(self, p))}" for p in self.parameter_names())
@@ -221,14 +222,9 @@ class Attack(Perturbation):
         # Every attack hyperparameter (steps, step sizes, overshoot, batch size) is a positive
         # number of the declared kind: `steps=2.5` or `steps=True` is a mistake, not a 2.
         for spec in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, spec.name)
             integral = isinstance(spec.default, int)
-            kind_ok = (
-                isinstance(value, int) if integral else isinstance(value, int | float)
-            ) and not isinstance(value, bool)
-            if not kind_ok or value <= 0:
-                kind = "a positive integer" if integral else "a positive number"
-                raise PerturbationError(f"{self.name}: {spec.name} must be {kind}, got {value!r}")
+            value = getattr(self, spec.name)
+            check_positive_parameter(self.name, spec.name, value, integral=integral)
 
     def __call__(
         self,

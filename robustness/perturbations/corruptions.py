@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from iamt.vocabulary import Engine, Family, StrengthAxis
+from robustness.catalogue import resolve_engine
 from robustness.perturbations.base import (
     ImagePerturbation,
     PerturbationError,
@@ -54,7 +55,7 @@ from robustness.perturbations.base import (
 
 # The native package registers its corruptions on import and never imports this module, so
 # importing it here, at the top, makes no cycle.
-from robustness.perturbations.native import NATIVE_CORRUPTIONS, corrupt_natively, native_names
+from robustness.perturbations.native import NATIVE_CORRUPTIONS, corrupt_natively
 
 #: Every corruption, in the package's order: the 15 common ones, then the 4 validation ones.
 CORRUPTION_NAMES: tuple[str, ...] = tuple(imagecorruptions.get_corruption_names("all"))
@@ -177,21 +178,7 @@ class Corruption(ImagePerturbation):
     def resolve_engine(cls, choice: Engine | str) -> Engine:
         """The engine that serves `choice` for this corruption: `auto` is native where the
         native entry passed the fidelity gate and reference elsewhere; `native` must exist."""
-        try:
-            engine = Engine(choice)
-        except ValueError:
-            raise PerturbationError(
-                f"{cls.name}: unknown corruption engine {choice!r}; "
-                f"valid: {[engine.value for engine in Engine]}"
-            ) from None
-        if engine is Engine.AUTO:
-            return Engine.NATIVE if cls.native_default else Engine.REFERENCE
-        if engine not in cls.engines:
-            raise PerturbationError(
-                f"corruption {cls.name!r} has no native engine; native ones: "
-                f"{', '.join(native_names()) or '(none)'}"
-            )
-        return engine
+        return resolve_engine(cls.name, cls.engines, cls.native_default, choice)
 
     def _perturb(
         self, images: Tensor, strength: Strength, generator: torch.Generator, seed: int
