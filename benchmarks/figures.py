@@ -14,8 +14,7 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from iamt.model import Architecture, AttentionNet, build_model
 from iamt.rundir import PARTS
 from iamt.train import channel_statistics, seed_everything, train_model
 from robustness.jobs import predict_all, run_job
+from robustness.limits import single_thread
 from robustness.perturbations import (
     Attack,
     Family,
@@ -122,17 +122,6 @@ def timed(function: Callable[..., Any], *args: Any, **kwargs: Any) -> float:
     start = time.perf_counter()
     function(*args, **kwargs)
     return time.perf_counter() - start
-
-
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """One torch thread, as every evaluator task with num_cpus=1 runs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def run_in_process(sweep: Sweep, device: torch.device) -> None:

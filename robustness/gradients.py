@@ -18,27 +18,16 @@ It runs once per sweep in the driver, on one thread, so the numbers do not depen
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import pandas as pd
 import torch
 from torch import Tensor, nn
 
 from iamt.rundir import GRADIENT_STATISTICS_COLUMNS
+from robustness.limits import single_thread
 
 __all__ = ["gradient_statistics"]
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Float sums in a fixed order: the logit scale is then the same on every machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _margin_loss(logits: Tensor, labels: Tensor) -> Tensor:
@@ -86,7 +75,7 @@ def gradient_statistics(
     """One row per variant × attribute (GRADIENT_STATISTICS_COLUMNS) on `images` (N, 3, H, W)
     in [0, 1] with `labels` (N, A)."""
     rows = []
-    with _one_thread():
+    with single_thread():  # the same logit scale on every machine
         for variant, model in models.items():
             model.eval()
             for attribute, name in enumerate(attribute_names):

@@ -1,5 +1,6 @@
-"""A per-job memory cap, so that one oversized job fails on its own instead of taking its node
-down (or being killed by the kernel's OOM killer, with every other job on the worker).
+"""Per-job resource limits: one torch thread (`single_thread`), and a memory cap, so that one
+oversized job fails on its own instead of taking its node down (or being killed by the
+kernel's OOM killer, with every other job on the worker).
 
 `memory_cap(megabytes)` lowers the process's soft `RLIMIT_DATA` to what the process already
 uses plus `megabytes`, for the duration of one job. Since Linux 4.7 that limit counts the heap
@@ -15,6 +16,8 @@ import contextlib
 import resource
 from collections.abc import Iterator
 from pathlib import Path
+
+import torch
 
 
 class JobMemoryError(MemoryError):
@@ -60,3 +63,15 @@ def memory_cap(megabytes: float | None) -> Iterator[None]:
         raise
     finally:
         resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """One torch thread for the duration, then the caller's count back: float sums then run in
+    one fixed order, as in every evaluator task with num_cpus=1."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
