@@ -22,7 +22,6 @@ from typing import Any
 import ray
 import torch
 from ray import tune
-from tqdm.auto import tqdm
 
 from cluster.config import RunConfig
 from cluster.sweep import threads_for
@@ -30,6 +29,7 @@ from iamt.config import config_to_yaml
 from iamt.data import Split, load_split
 from iamt.io import write_json, write_text
 from iamt.model import AttentionNet
+from iamt.progress import progress_bar
 from iamt.rundir import SEARCH_COLUMNS, SEARCH_REPORT, SEARCH_TABLE, RunDirectory
 from robustness.config import SearchConfig
 from robustness.runner import load_trained
@@ -65,7 +65,7 @@ class _Progress(tune.Callback):
     """A tqdm bar over the trials, instead of Tune's status tables."""
 
     def __init__(self, total: int, show: bool) -> None:
-        self.bar = tqdm(total=total, desc="emphasis search", unit="trial", disable=not show)
+        self.bar = progress_bar(total=total, desc="emphasis search", unit="trial", disable=not show)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.bar.update(1)

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -34,8 +35,8 @@ import ray._private.ray_constants as ray_constants
 import torch
 from ray.exceptions import RayError, RayTaskError
 from torch import nn
-from tqdm.auto import tqdm
 
+from iamt.progress import progress_bar
 from iamt.vocabulary import Family
 from robustness.jobs import DRIFT_SAMPLES, Job, run_job
 from robustness.limits import JobMemoryError, memory_cap
@@ -63,11 +64,39 @@ def keep_ray_on_loopback() -> None:
         ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+# Ray's notice when a new local cluster turns token auth on by default. Its advice (set
+# RAY_AUTH_MODE=disabled to opt out) is wrong for an embedded Ray that listens on loopback
+# only, so the embedded start drops that one record; auth itself stays as Ray sets it.
+AUTH_ENABLED_NOTICE = "Token authentication is enabled for this Ray cluster."
+AUTH_SETUP_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+class _DropAuthEnabledNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(AUTH_ENABLED_NOTICE)
+
+
+@contextlib.contextmanager
+def _without_auth_enabled_notice() -> Iterator[None]:
+    logger, notice_filter = logging.getLogger(AUTH_SETUP_LOGGER), _DropAuthEnabledNotice()
+    logger.addFilter(notice_filter)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice_filter)
+
+
 def init_local_ray(num_cpus: int | None = None, resources: dict[str, float] | None = None) -> None:
-    """Start an embedded single-machine Ray bound to 127.0.0.1; a no-op if Ray is running."""
+    """Start an embedded single-machine Ray bound to 127.0.0.1; a no-op if Ray is running.
+    Token auth is left to Ray (on by default for a new local cluster), without its notice."""
     if ray.is_initialized():
         return
     keep_ray_on_loopback()
+    with _without_auth_enabled_notice():
+        _init_embedded_ray(num_cpus, resources)
+
+
+def _init_embedded_ray(num_cpus: int | None, resources: dict[str, float] | None) -> None:
     ray.init(
         address="local",  # always a new instance: never a stale or RAY_ADDRESS cluster
         num_cpus=num_cpus,
@@ -235,7 +264,9 @@ def run_sweep_on_ray(
     fan_out = _FanOut(sweep, task, memory_mb_per_task, max_retries)
     total = len(sweep.jobs)
     already = total - len(pending)
-    bar = tqdm(total=total, initial=already, desc="sweep", unit="job", disable=not show_progress)
+    bar = progress_bar(
+        total=total, initial=already, desc="sweep", unit="job", disable=not show_progress
+    )
     try:
         for done in fan_out.run(pending, max_in_flight, already):
             bar.update(1)

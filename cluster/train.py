@@ -37,7 +37,6 @@ import torch
 import torch.distributed as dist
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
-from tqdm.auto import tqdm
 
 from cluster.config import RunConfig, TrainScalingConfig, parse_config
 from cluster.sweep import threads_for
@@ -45,6 +44,7 @@ from iamt.checkpoint import load_checkpoint, load_tensor_state, save_checkpoint
 from iamt.data import AttributeDataset, Split, iterate_batches, load_split
 from iamt.data.base import num_batches
 from iamt.model import AttentionNet
+from iamt.progress import progress_bar
 from iamt.rundir import RunDirectory
 from iamt.train import EpochRecord, make_optimizer, seed_everything, train_epoch
 from iamt.workflow import Fit
@@ -277,7 +277,9 @@ def fit_many_on_ray(
     ]
     done = threading.Event()
     watcher = threading.Thread(
-        target=_draw_progress, args=(relays, done, show_progress), daemon=True
+        target=_draw_progress,
+        args=(relays, done, show_progress, sum(r.config.train.epochs for r in requests)),
+        daemon=True,
     )
     watcher.start()
     try:
@@ -306,9 +308,18 @@ def fit_on_ray(
     return fit
 
 
-def _draw_progress(relays: Sequence[Any], done: threading.Event, show_progress: bool) -> None:
-    """The driver's bar over every trainer's batches, polled from their relays."""
-    with tqdm(desc="train (Ray Train)", unit="batch", disable=not show_progress) as bar:
+def _draw_progress(
+    relays: Sequence[Any], done: threading.Event, show_progress: bool, epochs: int
+) -> None:
+    """The driver's bar over every trainer's batches, polled from their relays; in a log, a
+    line per epoch (`epochs`: of all trainers together)."""
+    with progress_bar(
+        total=None,
+        desc="train (Ray Train)",
+        unit="batch",
+        disable=not show_progress,
+        milestones=epochs,
+    ) as bar:
         while not done.wait(0.5):
             states = ray.get([relay.read.remote() for relay in relays])
             batches = sum(count for count, _, _ in states)

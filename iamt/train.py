@@ -20,10 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from iamt.config import Device, TrainConfig
 from iamt.data.base import AttributeDataset, as_tensors, iterate_batches, num_batches
+from iamt.progress import progress_bar
 
 
 class Progress(Protocol):
@@ -141,8 +141,12 @@ def train_model(
     steps = num_batches(train_set, config.batch_size)
     optimizer, scheduler = make_optimizer(model, config, steps)
     history = []
-    with tqdm(
-        total=config.epochs * steps, desc="train", unit="batch", disable=not show_progress
+    with progress_bar(
+        total=config.epochs * steps,
+        desc="train",
+        unit="batch",
+        disable=not show_progress,
+        milestones=config.epochs,  # in a log: a line per epoch
     ) as progress:
         for epoch in range(1, config.epochs + 1):
             start = time.perf_counter()

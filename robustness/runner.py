@@ -22,7 +22,6 @@ from typing import Any, Protocol
 import pandas as pd
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from iamt.checkpoint import load_checkpoint
 from iamt.config import config_to_yaml
@@ -30,6 +29,7 @@ from iamt.data import Split, as_tensors, load_split
 from iamt.importance import importance_from_table
 from iamt.io import write_text
 from iamt.model import AttentionNet
+from iamt.progress import progress_bar
 from iamt.rundir import CLEAN, DRIFT, IMPORTANCE, RESULTS, SUMMARY, RunDirectory
 from iamt.variants import parse_variants, variant_models
 from iamt.vocabulary import NORMAL, Family
@@ -207,7 +207,7 @@ def run_sweep_locally(
     pending = sweep.pending
     total = len(sweep.jobs)
     done = total - len(pending)
-    with tqdm(
+    with progress_bar(
         total=total, initial=done, desc="sweep", unit="job", disable=not show_progress
     ) as bar:
         for job in pending:
