@@ -353,6 +353,9 @@ SEARCH_COLUMNS = [
     "score",  # what search.rule maximises
     "pareto",  # on the front over (clean_cost, each family's gain)
     "chosen",
+    "variant",  # the test sweep's variant that re-measures it: normal, searched, front-k or ""
+    "test_clean_cost",  # clean_cost re-measured on the test split (after the sweep)
+    "test_robustness_gain",  # robustness_gain re-measured on the test split's sweep
 ]
 
 
@@ -412,11 +415,14 @@ SCHEMAS: dict[str, CsvSchema] = {
     SEARCH_TABLE: CsvSchema(
         tuple(SEARCH_COLUMNS),
         required=("spec", "clean_accuracy", "robust_accuracy"),
-        numeric=tuple(c for c in SEARCH_COLUMNS if c not in ("spec", "pareto", "chosen")),
+        numeric=tuple(
+            c for c in SEARCH_COLUMNS if c not in ("spec", "pareto", "chosen", "variant")
+        ),
         boolean=("pareto", "chosen"),
-        added_later=(  # the per-family search
+        added_later=(  # the per-family search, then the front re-measured on test
             *("noise_accuracy", "corruption_accuracy", "noise_gain", "corruption_gain"),
-            *("worst_family_gain", "score"),
+            *("worst_family_gain", "score", "variant", "test_clean_cost"),
+            "test_robustness_gain",
         ),
     ),
 }

@@ -11,6 +11,9 @@ from enum import StrEnum
 
 NORMAL = "normal"  # the variant with the identity transform: the trained model as it is
 IDENTITY = "identity"  # the spec of the identity mask transform
+# With search.evaluate_front, the search's other Pareto-front members join the test sweep as
+# front-1, front-2, … in order of their validation clean cost.
+FRONT_VARIANT_PREFIX = "front-"
 NO_PERTURBATION = "none"  # the perturbation column of clean rows
 
 

@@ -237,6 +237,11 @@ class SearchConfig(Section):
         2.0, ge=0, description="points the chosen transform may lose in any one family"
     )
     variant: str = Field("searched", description="the chosen transform's variant name")
+    evaluate_front: bool = Field(
+        False,
+        description="the other validation Pareto-front members join the test sweep's clean, "
+        "noise and corruption jobs as front-1, front-2, … (attacks stay per chosen variant)",
+    )
 
     @model_validator(mode="after")
     def _valid(self) -> SearchConfig:

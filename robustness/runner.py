@@ -36,6 +36,7 @@ from iamt.vocabulary import NORMAL, Family
 from iamt.workflow import Fit, RunDirectoryError, TrainInputs, now, train_and_rank
 from robustness.clean import clean_accuracy
 from robustness.config import EvaluationConfig
+from robustness.front import remeasure_on_test
 from robustness.gradients import gradient_statistics
 from robustness.jobs import Job, expand_sweep, run_job
 from robustness.results import (
@@ -50,7 +51,7 @@ from robustness.results import (
     write_part,
     write_timings,
 )
-from robustness.search import chosen_variant
+from robustness.search import searched_variants
 
 
 @dataclass
@@ -144,7 +145,7 @@ def load_variants(
     """The normal model from the checkpoint, every configured emphasized view of it, and the
     transform the emphasis search chose (`search.json`), when the config asks for a search."""
     model, importance = load_trained(run_dir)
-    transforms = parse_variants(config, extra=chosen_variant(run_dir, config))
+    transforms = parse_variants(config, extra=searched_variants(run_dir, config))
     models = variant_models(model, transforms, importance)
     return models, {name: transform.spec() for name, transform in transforms.items()}
 
@@ -245,6 +246,8 @@ def finish_sweep(sweep: Sweep) -> dict[str, Any]:
     )
     run = RunDirectory(run_dir)
     run.write_csv(RESULTS, results)
+    if config.search.enabled:
+        remeasure_on_test(run_dir, results)  # does the search's front hold on test?
     summary = summarize(
         parts, transforms=sweep.transforms, seed=config.seed, gradients=_gradients(sweep)
     )

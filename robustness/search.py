@@ -43,6 +43,7 @@ from iamt.rundir import SEARCH_COLUMNS, SEARCH_REPORT, RunDirectory
 from iamt.variants import parse_spec, variant_model
 from iamt.vocabulary import IDENTITY, Family
 from robustness.config import SEARCHED_FAMILIES, EvaluationConfig, SearchConfig, SearchRule
+from robustness.front import front_variants, variant_names
 from robustness.jobs import attack_attribute, corruption_params, perturb, predict_all
 from robustness.perturbations import Attack, create_perturbation
 
@@ -273,6 +274,9 @@ def summarize(trials: Sequence[Mapping[str, Any]], search: SearchConfig) -> pd.D
             ["score", "clean_cost", "spec"], ascending=[False, True, True]
         ).index[0]
         table.loc[best, "chosen"] = True
+    table["variant"] = variant_names(table, search)
+    table["test_clean_cost"] = float("nan")  # filled after the test sweep (robustness.front)
+    table["test_robustness_gain"] = float("nan")
     return table[SEARCH_COLUMNS]
 
 
@@ -333,9 +337,10 @@ def rule_text(search: SearchConfig) -> str:
     )
 
 
-def chosen_variant(run_dir: Path, config: EvaluationConfig) -> dict[str, str]:
-    """{variant name: spec} of the searched transform the sweep evaluates on the test split;
-    empty when the config asks for no search or the search chose nothing."""
+def searched_variants(run_dir: Path, config: EvaluationConfig) -> dict[str, str]:
+    """{variant name: spec} of the searched transform the sweep evaluates on the test split
+    and, with `search.evaluate_front`, of the other front members (front-1, …); empty when the
+    config asks for no search, and without the choice when the search chose nothing."""
     if not config.search.enabled:
         return {}
     run = RunDirectory(run_dir)
@@ -351,13 +356,14 @@ def chosen_variant(run_dir: Path, config: EvaluationConfig) -> dict[str, str]:
             f"`iamt search {run_dir}` again"
         )
     chosen = report.get("chosen")
-    return {} if chosen is None else {str(report["variant"]): str(chosen["spec"])}
+    choice = {} if chosen is None else {str(report["variant"]): str(chosen["spec"])}
+    return {**choice, **front_variants(report)}
 
 
 def search_is_current(run_dir: Path, config: EvaluationConfig) -> bool:
     """Whether the run already holds this very search's result (so a rerun skips it)."""
     try:
-        chosen_variant(run_dir, config)
+        searched_variants(run_dir, config)
     except ConfigError:
         return False
     return True

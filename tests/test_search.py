@@ -44,6 +44,7 @@ SEARCH: dict[str, Any] = {
     "severities": [3],
     "attack": {"name": "fgsm", "epsilon": 0.03},
     "max_clean_cost": 5.0,
+    "evaluate_front": True,
 }
 
 
@@ -174,7 +175,20 @@ def test_iamt_search_on_tune_uses_validation_only_and_feeds_the_sweep(
         == 0
     )
     results = pd.read_csv(run_dir / "results.csv")
-    assert set(results["variant"]) == {"normal", "emphasized", "searched"}
+    front = {m["variant"] for m in report["front"] if m["variant"].startswith("front-")}
+    assert front == {f"front-{k}" for k in range(1, len(front) + 1)}
+    assert set(results["variant"]) == {"normal", "emphasized", "searched", *front}
+    # The front, re-measured on the test sweep: the same two quantities as on validation.
+    remeasured = pd.read_csv(run_dir / "search.csv", keep_default_na=False).set_index("variant")
+    clean_rows = results[results["family"] == "clean"].groupby("variant")
+    clean = 100 * clean_rows["correct"].sum() / clean_rows["n"].sum()  # pooled over attributes
+    for variant in ["searched", *front]:
+        expected_cost = clean["normal"] - clean[variant]
+        assert float(remeasured.loc[variant, "test_clean_cost"]) == pytest.approx(
+            expected_cost, abs=1e-4
+        )
+        assert remeasured.loc[variant, "test_robustness_gain"] != ""
+    assert float(remeasured.loc["normal", "test_clean_cost"]) == 0.0
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["search_seconds"] > 0
 
