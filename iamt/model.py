@@ -86,6 +86,24 @@ class AttentionOutput:
     attended: list[Tensor] | None = None  # F'_a, one (B, C, h, w) tensor per attribute
 
 
+def transform_masks(
+    masks: Sequence[Tensor], transform: MaskTransform | None, rankings: Tensor | None
+) -> list[Tensor]:
+    """T(M_a) for every attribute a, with `rankings` (A, C) giving attribute a its ranking;
+    no transform: the masks themselves. Every T is out of place (tests/test_shared_variants.py
+    holds each registered one to it), so one M_a can feed several variants."""
+    if transform is None:
+        return list(masks)
+    return [
+        transform(mask, None if rankings is None else rankings[a]) for a, mask in enumerate(masks)
+    ]
+
+
+def predicted_classes(logits: Sequence[Tensor]) -> Tensor:
+    """One (B, K_a) tensor per attribute -> (B, A) predicted class per attribute, on the CPU."""
+    return torch.stack([lg.argmax(1) for lg in logits], dim=1).cpu()
+
+
 # ---------------------------------------------------------------------------------------------
 # Trunks: image (B, 3, H, W) -> features F (B, C, h, w)
 
@@ -191,18 +209,43 @@ class AttentionNet(nn.Module):
         `transform` T and `rankings` (A, C): channel indices per attribute, most important
         first, are normally supplied by `with_transform`, not by callers.
         """
+        features, masks = self.features_and_masks(images)
+        return self.heads_from_masks(
+            features,
+            masks,
+            transform=transform,
+            rankings=rankings,
+            return_masks=return_masks,
+            return_attended=return_attended,
+        )
+
+    def features_and_masks(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """The part every variant shares: images (B, 3, H, W) -> F (B, C, h, w) and the masks
+        M_a = σ(g_a(F)) before any T, one (B, C, h, w) tensor per attribute."""
         features = self.trunk((images - self.mean) / self.std)  # F: (B, C, h, w)
-        logits, masks, attended = [], [], []
-        for a, (attention, head) in enumerate(zip(self.attention, self.heads, strict=True)):
-            mask = torch.sigmoid(attention(features))  # M_a: (B, C, h, w), one map per channel
-            if transform is not None:
-                mask = transform(mask, None if rankings is None else rankings[a])  # T(M_a)
+        masks = [torch.sigmoid(attention(features)) for attention in self.attention]  # M_a
+        return features, masks
+
+    def heads_from_masks(
+        self,
+        features: Tensor,
+        masks: Sequence[Tensor],
+        *,
+        transform: MaskTransform | None = None,
+        rankings: Tensor | None = None,
+        return_masks: bool = False,
+        return_attended: bool = False,
+    ) -> AttentionOutput:
+        """A variant's own part: F (B, C, h, w) and the masks M_a -> T(M_a), F'_a, logits_a.
+        Neither `features` nor `masks` is modified, so they can serve several variants."""
+        masks = transform_masks(masks, transform, rankings)  # T(M_a): A × (B, C, h, w)
+        logits, attended = [], []
+        for mask, head in zip(masks, self.heads, strict=True):
             if self.architecture.mask_mode is MaskMode.RESIDUAL:
                 weighted = (1.0 + mask) * features  # F'_a = (1 + M_a) ⊙ F
             else:
                 weighted = mask * features  # F'_a = M_a ⊙ F
             logits.append(head(weighted))  # (B, K_a)
-            masks.append(mask)
             attended.append(weighted)
         return AttentionOutput(
             logits=logits,
@@ -244,6 +287,8 @@ class EmphasizedAttentionNet(nn.Module):
     gradients flow through T (binarize uses a straight-through estimator), so white-box attacks
     see the emphasized model exactly as it classifies.
     """
+
+    rankings: Tensor | None  # (A, C) buffer: channel indices per attribute, most important first
 
     def __init__(
         self, base: AttentionNet, transform: MaskTransform, importance: Tensor | None

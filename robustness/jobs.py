@@ -7,8 +7,11 @@ order. `run_job(job, models, images, labels)` is pure: given the same inputs it 
 same rows.
 
 - clean, noise and corruption jobs perturb the shard once and evaluate every variant on it;
+  variants that are views of one AttentionNet share its trunk and attention pass per batch
+  (`iamt.variants.SharedVariants`), with outputs bit-identical to one forward per variant;
 - fixed-ε attack jobs craft adversarials against each variant itself (one attribute at a
-  time) and, when `transfer` is on, evaluate them on every other variant (`transfer` rows);
+  time) and, when `transfer` is on, evaluate them on every other variant (`transfer` rows,
+  again one shared pass for all the targets);
 - minimisation attack jobs find each sample's smallest adversarial perturbation once and
   report robust accuracy at every configured ε from those distances.
 
@@ -34,9 +37,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from iamt.variants import SharedVariants
 from iamt.vocabulary import NO_PERTURBATION, Engine, Family, StrengthAxis
 from robustness.config import AttackConfig, AttacksConfig, CorruptionConfig, RobustnessConfig
-from robustness.drift import MaskDrift, mask_drift, predict_with_drift
+from robustness.drift import MaskDrift, mask_drift, predict_variants_with_drift
 from robustness.metrics import attack_success_rate, median_distance
 from robustness.perturbations import (
     Attack,
@@ -109,12 +113,7 @@ def _encode(correct: Tensor) -> str:
 
 def predict_all(model: nn.Module, images: Tensor, batch_size: int) -> Tensor:
     """(N, A) predicted class per attribute, on the CPU (where the outcomes are counted)."""
-    predictions = []
-    with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            logits = model(images[start : start + batch_size]).logits
-            predictions.append(torch.stack([lg.argmax(1) for lg in logits], dim=1).cpu())
-    return torch.cat(predictions)
+    return SharedVariants({"model": model}).predict(images, batch_size)["model"]
 
 
 def _row(
@@ -166,11 +165,15 @@ def run_job(
     *,
     device: torch.device | str = "cpu",
     drift_samples: int = DRIFT_SAMPLES,
+    share_trunk: bool = True,
 ) -> list[dict[str, Any]]:
     """Evaluate one job. `images` (N, 3, H, W) / `labels` (N, A) are the whole evaluation split;
     the job takes its shard. Returns one row per (variant, attribute[, ε, source]).
     `drift_samples`: the attention drift is measured on the shard's first this many images
     (`robustness.drift_samples`; 0: not at all).
+    `share_trunk`: variants that are views of one AttentionNet run its trunk and attention
+    once per batch of model-independent images (the same rows); False evaluates each variant
+    as a separate full model, as a RobustBench user would (the benchmark's baseline).
 
     The models must already be on `device`; the shard is perturbed and classified there, and
     the outcomes are counted on the CPU."""
@@ -180,13 +183,14 @@ def run_job(
     # A copy: `images` may be a read-only view of Ray's object store.
     x = images[job.shard_start : job.shard_stop].to(device, copy=True)  # (n, 3, H, W)
     y = labels[job.shard_start : job.shard_stop].cpu()  # (n, A)
+    variants = SharedVariants({v: models[v] for v in job.variants}, share_trunk=share_trunk)
     if job.family in (Family.CLEAN, Family.NOISE, Family.CORRUPTION):
-        return _run_image_job(job, models, x, y, drift_samples)
+        return _run_image_job(job, variants, x, y, drift_samples)
     attack = create_perturbation(job.perturbation, **dict(job.params))
     if isinstance(attack, MinimisationAttack):
-        return _run_minimisation_job(job, attack, models, x, y)
+        return _run_minimisation_job(job, attack, variants, x, y)
     assert isinstance(attack, FixedEpsilonAttack)
-    return _run_fixed_epsilon_job(job, attack, models, x, y, drift_samples)
+    return _run_fixed_epsilon_job(job, attack, variants, x, y, drift_samples)
 
 
 def perturb(
@@ -230,25 +234,27 @@ def attack_attribute(
 
 
 def _run_image_job(
-    job: Job, models: Mapping[str, nn.Module], x: Tensor, y: Tensor, drift_samples: int
+    job: Job, variants: SharedVariants, x: Tensor, y: Tensor, drift_samples: int
 ) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
     clean = job.family is Family.CLEAN
     if clean:
         perturbed = x
     else:  # generated once for every variant
         assert job.strength is not None
         perturbed = perturb(job.perturbation, job.params, x, job.strength, seed=job.seed)
+    results: Mapping[str, tuple[Tensor, MaskDrift | None]]
+    if clean or drift_samples == 0:  # no drift to measure
+        predicted = variants.predict(perturbed, job.batch_size)
+        results = {variant: (predictions, None) for variant, predictions in predicted.items()}
+    else:
+        # One pass over the perturbed shard gives the predictions and the masks; the
+        # clean shard costs one extra pass over its first `drift_samples` images.
+        results = predict_variants_with_drift(
+            variants, x, perturbed, job.batch_size, drift_samples=drift_samples
+        )
+    rows: list[dict[str, Any]] = []
     for variant in job.variants:
-        drift: MaskDrift | None = None
-        if clean or drift_samples == 0:  # no drift to measure
-            predictions = predict_all(models[variant], perturbed, job.batch_size)
-        else:
-            # One pass over the perturbed shard gives the predictions and the masks; the
-            # clean shard costs one extra forward of its first `drift_samples` images.
-            predictions, drift = predict_with_drift(
-                models[variant], x, perturbed, job.batch_size, drift_samples=drift_samples
-            )
+        predictions, drift = results[variant]
         correct = predictions == y  # (n, A)
         rows += [
             _row(job, variant, name, correct[:, a], drift=drift)
@@ -260,26 +266,26 @@ def _run_image_job(
 def _run_fixed_epsilon_job(
     job: Job,
     attack: FixedEpsilonAttack,
-    models: Mapping[str, nn.Module],
+    variants: SharedVariants,
     x: Tensor,
     y: Tensor,
     drift_samples: int,
 ) -> list[dict[str, Any]]:
     assert job.strength is not None
     epsilon = float(job.strength)
-    clean = {v: predict_all(models[v], x, job.batch_size) == y for v in job.variants}
+    clean = {v: p == y for v, p in variants.predict(x, job.batch_size).items()}
     rows = []
     for a, name in enumerate(job.attribute_names):
         for source in job.variants:
             adversarial, success = attack_attribute(
-                attack, models[source], x, y, a, epsilon, job.seed
+                attack, variants.models[source], x, y, a, epsilon, job.seed
             )
             robust = clean[source][:, a] & ~success
             # The masks of the attacked attribute, clean vs this variant's own adversarials.
             drift = None
             if drift_samples > 0:
                 drift = mask_drift(
-                    models[source],
+                    variants.models[source],
                     x,
                     adversarial,
                     job.batch_size,
@@ -289,25 +295,26 @@ def _run_fixed_epsilon_job(
             success_rate = attack_success_rate(clean[source][:, a], success)
             rows.append(_row(job, source, name, robust, success_rate=success_rate, drift=drift))
             if job.transfer:
-                rows += _transfer_rows(job, models, clean, adversarial, y, a, source)
+                rows += _transfer_rows(job, variants, clean, adversarial, y, a, source)
     return rows
 
 
 def _transfer_rows(
     job: Job,
-    models: Mapping[str, nn.Module],
+    variants: SharedVariants,
     clean: Mapping[str, Tensor],
     adversarial: Tensor,
     y: Tensor,
     a: int,
     source: str,
 ) -> list[dict[str, Any]]:
-    """The adversarials crafted on `source` for attribute `a`, on every other variant."""
+    """The adversarials crafted on `source` for attribute `a`, on every other variant (one
+    shared pass for all of them)."""
+    targets = [target for target in job.variants if target != source]
+    predicted = variants.only(targets).predict(adversarial, job.batch_size)
     rows = []
-    for target in job.variants:
-        if target == source:
-            continue
-        target_correct = predict_all(models[target], adversarial, job.batch_size)[:, a] == y[:, a]
+    for target in targets:
+        target_correct = predicted[target][:, a] == y[:, a]
         fooled = clean[target][:, a] & ~target_correct
         rows.append(
             _row(
@@ -324,14 +331,15 @@ def _transfer_rows(
 
 
 def _run_minimisation_job(
-    job: Job, attack: MinimisationAttack, models: Mapping[str, nn.Module], x: Tensor, y: Tensor
+    job: Job, attack: MinimisationAttack, variants: SharedVariants, x: Tensor, y: Tensor
 ) -> list[dict[str, Any]]:
+    predicted = variants.predict(x, job.batch_size)
     rows = []
     for variant in job.variants:
-        clean = predict_all(models[variant], x, job.batch_size) == y
+        clean = predicted[variant] == y
         for a, name in enumerate(job.attribute_names):
             outcome = attack(
-                attribute_view(models[variant], a),
+                attribute_view(variants.models[variant], a),
                 x,
                 y[:, a].to(x.device),
                 list(job.epsilons),
