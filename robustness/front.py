@@ -13,6 +13,7 @@ accuracy pooled over attributes, each against `normal` (points).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -50,6 +51,12 @@ def front_variants(report: dict[str, object]) -> dict[str, str]:
         for member in front
         if str(member.get("variant") or "").startswith(FRONT_VARIANT_PREFIX)
     }
+
+
+def attacked_variants(variants: Iterable[str]) -> list[str]:
+    """The variants a sweep's attacks craft against: all but the front members, which are
+    re-measured on the families the search optimises (an attack costs a whole attack each)."""
+    return [variant for variant in variants if not variant.startswith(FRONT_VARIANT_PREFIX)]
 
 
 def measure_on_test(results: pd.DataFrame) -> pd.DataFrame:

@@ -390,9 +390,12 @@ def expand_sweep(
     attribute_names: Sequence[str],
     n_available: int,
     run_seed: int,
+    attack_variants: Sequence[str] | None = None,
 ) -> list[Job]:
     """All jobs of a `RobustnessConfig`, in a stable order. Sample counts are capped by the
-    size of the evaluation split (`n_available`)."""
+    size of the evaluation split (`n_available`). `attack_variants`: the variants the attacks
+    craft against (default: all); an attack costs a whole attack per variant, where the
+    image jobs share one trunk pass among them all."""
     common = {
         "variants": tuple(variants),
         "attribute_names": tuple(attribute_names),
@@ -416,8 +419,10 @@ def expand_sweep(
             jobs += sweep.jobs(
                 Family.CORRUPTION, name, corruptions.n_samples, strength=severity, params=params
             )
+    attacked = tuple(variants if attack_variants is None else attack_variants)
+    attack_sweep = _Expansion(robustness, {**common, "variants": attacked}, n_available)
     for method in robustness.attacks.methods:
-        jobs += _attack_jobs(sweep, robustness.attacks, method, transfer=len(variants) > 1)
+        jobs += _attack_jobs(attack_sweep, robustness.attacks, method, transfer=len(attacked) > 1)
     return jobs
 
 

@@ -126,14 +126,18 @@ def part_problem(path: Path, variants: Collection[str], attributes: Collection[s
 
 
 def quarantine_corrupt_parts(
-    run_dir: Path, variants: Collection[str], attributes: Collection[str]
+    run_dir: Path, job_variants: Mapping[str, Collection[str]], attributes: Collection[str]
 ) -> list[dict[str, str]]:
     """Move every untrustworthy part file into `run_dir/quarantine/` (kept for inspection, never
-    deleted), so that its job counts as not done and runs again. Returns what was moved."""
+    deleted), so that its job counts as not done and runs again. Returns what was moved.
+    `job_variants`: {job_id: the variants its part must cover}; a part of a job not in it (a
+    stale one) must cover them all."""
     moved = []
     folder = RunDirectory(run_dir).parts
+    every = sorted({variant for variants in job_variants.values() for variant in variants})
     for path in sorted(folder.glob("*.csv")) if folder.is_dir() else []:
-        problem = part_problem(path, variants, attributes)
+        expected = job_variants.get(path.stem, every)
+        problem = part_problem(path, expected, attributes)
         if problem is None:
             continue
         target = RunDirectory(run_dir).quarantine / path.name

@@ -36,7 +36,7 @@ from iamt.vocabulary import NORMAL, Family
 from iamt.workflow import Fit, RunDirectoryError, TrainInputs, now, train_and_rank
 from robustness.clean import clean_accuracy
 from robustness.config import EvaluationConfig
-from robustness.front import remeasure_on_test
+from robustness.front import attacked_variants, remeasure_on_test
 from robustness.gradients import gradient_statistics
 from robustness.jobs import Job, expand_sweep, run_job
 from robustness.results import (
@@ -171,12 +171,15 @@ def prepare_sweep(run_dir: Path, config: EvaluationConfig) -> Sweep:
         attribute_names=attribute_names,
         n_available=len(images),
         run_seed=config.seed,
+        attack_variants=attacked_variants(models),
     )
     ids = [job.job_id for job in jobs]
     if len(set(ids)) != len(ids):
         raise AssertionError("two jobs of one sweep share a job_id")
     # A damaged part would otherwise count as done forever: move it aside and rerun its job.
-    quarantined = quarantine_corrupt_parts(run_dir, list(models), attribute_names)
+    quarantined = quarantine_corrupt_parts(
+        run_dir, {job.job_id: job.variants for job in jobs}, attribute_names
+    )
     for item in quarantined:
         warnings.warn(
             f"part file of job {item['job_id']} is damaged ({item['problem']}); moved to "
@@ -268,7 +271,7 @@ def _gradients(sweep: Sweep) -> pd.DataFrame | None:
     assert isinstance(normal, AttentionNet)  # the checkpoint's own model, not a view of it
     n = min(robustness.attacks.n_samples, len(sweep.images))
     return gradient_statistics(
-        sweep.models,
+        {variant: sweep.models[variant] for variant in attacked_variants(sweep.models)},
         sweep.images[:n],
         sweep.labels[:n],
         list(normal.architecture.attribute_names),

@@ -9,8 +9,10 @@ import pytest
 
 from iamt.io import write_csv
 from iamt.rundir import SEARCH_COLUMNS, SEARCH_TABLE, RunDirectory
-from robustness.config import SearchConfig
-from robustness.front import measure_on_test, remeasure_on_test, variant_names
+from iamt.vocabulary import Family
+from robustness.config import RobustnessConfig, SearchConfig
+from robustness.front import attacked_variants, measure_on_test, remeasure_on_test, variant_names
+from robustness.jobs import expand_sweep
 
 # spec, clean_cost, pareto, chosen: identity and three front members, one dominated.
 TABLE = pd.DataFrame(
@@ -87,3 +89,27 @@ def test_remeasure_fills_the_test_columns_of_the_named_rows_only(tmp_path: Path)
     assert after[["test_clean_cost", "test_robustness_gain"]].iloc[2:].isna().all().all()
     untouched = [c for c in SEARCH_COLUMNS if not c.startswith("test_")]
     pd.testing.assert_frame_equal(after[untouched], before[untouched])
+
+
+def test_front_members_join_the_image_jobs_and_the_attacks_stay_with_the_others() -> None:
+    robustness = RobustnessConfig.model_validate(
+        {
+            "noise": {"types": ["gaussian"], "strengths": [0.1], "n_samples": 8},
+            "corruptions": {"names": ["fog"], "severities": [3], "n_samples": 8},
+            "attacks": {"methods": [{"name": "fgsm"}], "n_samples": 8, "linf_epsilons": [0.01]},
+        }
+    )
+    variants = ["normal", "searched", "front-1", "front-2"]
+    jobs = expand_sweep(
+        robustness,
+        variants=variants,
+        attribute_names=["shape"],
+        n_available=8,
+        run_seed=0,
+        attack_variants=attacked_variants(variants),
+    )
+    by_family = {job.family: job for job in jobs}
+    for family in (Family.CLEAN, Family.NOISE, Family.CORRUPTION):
+        assert by_family[family].variants == tuple(variants)
+    attack = by_family[Family.ADVERSARIAL]
+    assert attack.variants == ("normal", "searched") and attack.transfer
