@@ -38,8 +38,10 @@ from torch import nn
 
 from iamt.progress import progress_bar
 from iamt.vocabulary import Family
+from robustness.config import Precision
 from robustness.jobs import DRIFT_SAMPLES, Job, run_job
 from robustness.limits import JobMemoryError, memory_cap
+from robustness.precision import prepare_models
 from robustness.results import failure_record, write_part
 from robustness.runner import Sweep
 
@@ -156,12 +158,14 @@ def threads_for(cpus: float) -> int:
 _WORKER_MODELS: dict[str, dict[str, nn.Module]] = {}
 
 
-def _models_on(reference: ray.ObjectRef, device: torch.device) -> dict[str, nn.Module]:
-    key = f"{reference.hex()}/{device}"
+def _models_on(
+    reference: ray.ObjectRef, device: torch.device, precision: Precision
+) -> dict[str, nn.Module]:
+    key = f"{reference.hex()}/{device}/{precision}"
     if key not in _WORKER_MODELS:
         _WORKER_MODELS.clear()  # one sweep's models at a time
         models: dict[str, nn.Module] = ray.get(reference)
-        _WORKER_MODELS[key] = {name: model.to(device) for name, model in models.items()}
+        _WORKER_MODELS[key] = prepare_models(models, device, precision)
     return _WORKER_MODELS[key]
 
 
@@ -188,7 +192,7 @@ def evaluate_job(
     torch.set_grad_enabled(True)  # attacks need gradients (as in evaluate_run)
     # A task given (a share of) a GPU runs there; Ray sets CUDA_VISIBLE_DEVICES to its GPU.
     device = torch.device("cuda" if resources.get("GPU", 0) > 0 else "cpu")
-    models = _models_on(models_box[0], device)
+    models = _models_on(models_box[0], device, job.precision)
     with warnings.catch_warnings():  # read-only view; run_job copies the shard it uses
         warnings.simplefilter("ignore", UserWarning)
         split_images, split_labels = torch.from_numpy(images), torch.from_numpy(labels)

@@ -160,6 +160,9 @@ class RobustnessConfig(Section):
         description=f"attention drift ({DRIFT}) on each job's first this many images; "
         "it costs a clean forward of them per variant; 0 turns it off",
     )
+    precision: Precision = Field(
+        Precision.FP32, description="fp32, or bf16: autocast for inference and attacks"
+    )
     noise: NoiseConfig = NoiseConfig()
     corruptions: CorruptionConfig = CorruptionConfig()
     attacks: AttacksConfig = AttacksConfig()

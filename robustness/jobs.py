@@ -39,7 +39,13 @@ from torch import Tensor, nn
 
 from iamt.variants import SharedVariants
 from iamt.vocabulary import NO_PERTURBATION, Engine, Family, StrengthAxis
-from robustness.config import AttackConfig, AttacksConfig, CorruptionConfig, RobustnessConfig
+from robustness.config import (
+    AttackConfig,
+    AttacksConfig,
+    CorruptionConfig,
+    Precision,
+    RobustnessConfig,
+)
 from robustness.drift import MaskDrift, mask_drift, predict_variants_with_drift
 from robustness.metrics import attack_success_rate, median_distance
 from robustness.perturbations import (
@@ -51,6 +57,7 @@ from robustness.perturbations import (
     get_perturbation_class,
 )
 from robustness.perturbations.attacks import attribute_view
+from robustness.precision import autocast
 
 # Images of each shard the attention drift is measured on, unless the config says otherwise.
 DRIFT_SAMPLES: int = RobustnessConfig.model_fields["drift_samples"].default
@@ -71,6 +78,7 @@ class Job:
     params: Params = ()  # perturbation hyperparameters, sorted by name
     transfer: bool = False
     batch_size: int = 500
+    precision: Precision = Precision.FP32  # robustness.precision
 
     def spec(self) -> dict[str, Any]:
         spec = asdict(self)
@@ -79,6 +87,11 @@ class Job:
             # The hashed form writes every strength as a float, as ids (and the seeds derived
             # from them) have always been computed: a severity 3 hashes as 3.0.
             spec["strength"] = float(self.strength)
+        # fp32 jobs keep the ids they had before there was a choice; a bf16 job says so.
+        if self.precision is Precision.FP32:
+            del spec["precision"]
+        else:
+            spec["precision"] = self.precision.value
         return spec
 
     @property
@@ -91,12 +104,15 @@ class Job:
 
     @property
     def job_id(self) -> str:
-        canonical = json.dumps(self.spec(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return _digest(self.spec())
 
     @property
     def seed(self) -> int:
-        return int(self.job_id, 16) % 2**31
+        """The job's random draws; the same at either precision, so a bf16 sweep perturbs
+        exactly the images its fp32 twin does (a paired comparison of the two)."""
+        spec = self.spec()
+        spec.pop("precision", None)
+        return int(_digest(spec), 16) % 2**31
 
     @property
     def n(self) -> int:
@@ -105,6 +121,11 @@ class Job:
     def describe(self) -> str:
         strength = "" if self.strength is None else f"@{self.strength:g}"
         return f"{self.perturbation}{strength}[{self.shard_start}:{self.shard_stop}]"
+
+
+def _digest(spec: Mapping[str, Any]) -> str:
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def _encode(correct: Tensor) -> str:
@@ -187,10 +208,11 @@ def run_job(
     if job.family in (Family.CLEAN, Family.NOISE, Family.CORRUPTION):
         return _run_image_job(job, variants, x, y, drift_samples)
     attack = create_perturbation(job.perturbation, **dict(job.params))
-    if isinstance(attack, MinimisationAttack):
-        return _run_minimisation_job(job, attack, variants, x, y)
-    assert isinstance(attack, FixedEpsilonAttack)
-    return _run_fixed_epsilon_job(job, attack, variants, x, y, drift_samples)
+    with autocast(job.precision, x.device):  # the attacks' forwards and backwards too
+        if isinstance(attack, MinimisationAttack):
+            return _run_minimisation_job(job, attack, variants, x, y)
+        assert isinstance(attack, FixedEpsilonAttack)
+        return _run_fixed_epsilon_job(job, attack, variants, x, y, drift_samples)
 
 
 def perturb(
@@ -243,15 +265,16 @@ def _run_image_job(
         assert job.strength is not None
         perturbed = perturb(job.perturbation, job.params, x, job.strength, seed=job.seed)
     results: Mapping[str, tuple[Tensor, MaskDrift | None]]
-    if clean or drift_samples == 0:  # no drift to measure
-        predicted = variants.predict(perturbed, job.batch_size)
-        results = {variant: (predictions, None) for variant, predictions in predicted.items()}
-    else:
-        # One pass over the perturbed shard gives the predictions and the masks; the
-        # clean shard costs one extra pass over its first `drift_samples` images.
-        results = predict_variants_with_drift(
-            variants, x, perturbed, job.batch_size, drift_samples=drift_samples
-        )
+    with autocast(job.precision, x.device):  # the images are perturbed in float32, above
+        if clean or drift_samples == 0:  # no drift to measure
+            predicted = variants.predict(perturbed, job.batch_size)
+            results = {variant: (predictions, None) for variant, predictions in predicted.items()}
+        else:
+            # One pass over the perturbed shard gives the predictions and the masks; the
+            # clean shard costs one extra pass over its first `drift_samples` images.
+            results = predict_variants_with_drift(
+                variants, x, perturbed, job.batch_size, drift_samples=drift_samples
+            )
     rows: list[dict[str, Any]] = []
     for variant in job.variants:
         predictions, drift = results[variant]
@@ -401,6 +424,7 @@ def expand_sweep(
         "attribute_names": tuple(attribute_names),
         "run_seed": run_seed,
         "batch_size": robustness.batch_size,
+        "precision": robustness.precision,
     }
     sweep = _Expansion(robustness, common, n_available)
     largest = max(

@@ -324,5 +324,6 @@ def evaluate_run(
         stage="done",
         jobs=counts,
         sweep_seconds=round(time.perf_counter() - started, 2),
+        precision=config.robustness.precision.value,
     )
     return counts
