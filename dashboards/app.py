@@ -8,13 +8,10 @@ watch a sweep while it runs. Every file may be missing or half-written: pages sh
 
 from __future__ import annotations
 
-import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -24,6 +21,19 @@ if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
 from dashboards import charts, rundata  # noqa: E402
+from dashboards.compare_page import page_compare  # noqa: E402
+from dashboards.search_page import page_search  # noqa: E402
+from dashboards.widgets import (  # noqa: E402
+    ci_text,
+    load_csv,
+    load_manifest,
+    load_masks,
+    load_variants,
+    masks_name,
+    missing,
+    runs_root,
+    show_chart,
+)
 from iamt.rundir import (  # noqa: E402  (torch-free: names and readers of a run directory)
     CLEAN,
     CONFIG,
@@ -39,89 +49,15 @@ from iamt.rundir import (  # noqa: E402  (torch-free: names and readers of a run
 )
 from iamt.vocabulary import Family  # noqa: E402
 
-PAGES = ("Runs", "Overview", "Noise and corruptions", "Adversarial", "Attention", "Run info")
+PAGES: tuple[str, ...] = ("Runs", "Overview", "Noise and corruptions", "Adversarial")
+PAGES += ("Attention", "Search", "Compare", "Run info")
 REFRESH_S = 5.0  # how often a running run's progress is re-read
 GALLERY_SAMPLES = 8
+GALLERY_PX = 64  # every gallery picture, sample or mask of any variant, is drawn this wide
 GUIDANCE = (
     "No runs yet in `{root}`: run `make demo` (or `iamt train configs/demo.yaml --out "
     "runs/demo` then `iamt evaluate runs/demo`), or point `IAMT_RUNS_DIR` at a directory of runs."
 )
-
-
-def runs_root() -> Path:
-    return Path(os.environ.get("IAMT_RUNS_DIR", "runs"))
-
-
-# --- cached loaders: keyed by (path, mtime), so a file rewritten mid-run is read again --------
-
-
-@st.cache_data(show_spinner=False, max_entries=128)
-def _cached_csv(path: str, mtime: float) -> pd.DataFrame:
-    del mtime  # part of the cache key only
-    return rundata.read_csv(Path(path))
-
-
-@st.cache_data(show_spinner=False, max_entries=8)
-def _cached_masks(run_dir: str, mtime: float) -> rundata.MaskSamples | None:
-    del mtime
-    return rundata.read_masks(Path(run_dir))
-
-
-def load_csv(run_dir: Path, filename: str) -> pd.DataFrame | None:
-    """The CSV, or None when missing (quietly) or malformed (with an error naming the file)."""
-    path, mtime = rundata.file_key(run_dir / filename)
-    if mtime < 0:
-        return None
-    try:
-        return _cached_csv(path, mtime)
-    except rundata.RunDataError as error:
-        st.error(f"Cannot read `{filename}`: {error}")
-        return None
-
-
-def masks_name(run_dir: Path) -> str:
-    """The mask samples' path inside the run, as messages name it."""
-    run = RunDirectory(run_dir)
-    return str(run.masks.relative_to(run.root))
-
-
-def load_masks(run_dir: Path) -> rundata.MaskSamples | None:
-    _, mtime = rundata.file_key(RunDirectory(run_dir).masks)
-    if mtime < 0:
-        return None
-    try:
-        return _cached_masks(str(run_dir), mtime)
-    except rundata.RunDataError as error:
-        st.error(f"Cannot read `{masks_name(run_dir)}`: {error}")
-        return None
-
-
-def load_manifest(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        return RunDirectory(run_dir).read_manifest()
-    except rundata.RunDataError as error:
-        st.error(f"Cannot read `{MANIFEST}`: {error}")
-        return None
-
-
-def show_chart(build: Callable[..., charts.Chart], *args: Any, **kwargs: Any) -> None:
-    """Draw a chart; data the builder does not expect gives an error box, not a crash."""
-    try:
-        chart = build(*args, **kwargs)
-    except (KeyError, ValueError, TypeError) as error:
-        st.error(f"Cannot draw {build.__name__}: {type(error).__name__}: {error}")
-        return
-    st.altair_chart(chart, width="content")
-
-
-def ci_text(low: Any, high: Any, fmt: str = ".3f") -> str:
-    if pd.isna(low) or pd.isna(high):
-        return ""
-    return f"[{low:{fmt}}, {high:{fmt}}]"
-
-
-def missing(what: str, filename: str) -> None:
-    st.info(f"No {what} yet (`{filename}` is not in this run).")
 
 
 # --- page selection ---------------------------------------------------------------------------
@@ -138,7 +74,7 @@ def select_page() -> str:
 
 def select_run(root: Path, runs: pd.DataFrame) -> Path | None:
     """The run picked by ?run= (validated: never a path outside runs_dir) or the sidebar."""
-    names = [str(name) for name in runs["name"]]
+    names = rundata.run_names(runs)
     requested = st.query_params.get("run")
     if requested is not None:
         try:
@@ -206,22 +142,28 @@ def page_runs(root: Path) -> None:
             st.caption(f"A run is in progress: this table refreshes every {REFRESH_S:.0f} s.")
 
     table()
-    st.markdown("Pick a run in the sidebar (or open `?run=<name>&page=Overview`).")
+    st.markdown(
+        "Pick a run in the sidebar (or open `?run=<name>&page=Overview`). A study's members "
+        "follow its row, named `<study>/<member>`."
+    )
 
 
 def page_overview(run_dir: Path) -> None:
     st.title("Overview")
     summary = load_csv(run_dir, SUMMARY)
-    overview_clean(summary, load_csv(run_dir, CLEAN))
+    variants = load_variants(run_dir)
+    overview_clean(summary, load_csv(run_dir, CLEAN), variants)
     st.subheader("Headline: emphasized − normal")
     if summary is None:
         missing("summary", SUMMARY)
         return
-    overview_headline(summary)
+    overview_headline(summary, variants)
     overview_errors(summary)
 
 
-def overview_clean(summary: pd.DataFrame | None, clean: pd.DataFrame | None) -> None:
+def overview_clean(
+    summary: pd.DataFrame | None, clean: pd.DataFrame | None, variants: list[str]
+) -> None:
     """Clean accuracy per variant and attribute (from clean.csv, else the summary's rows)."""
     st.subheader("Clean accuracy")
     if clean is None and summary is not None:
@@ -229,15 +171,15 @@ def overview_clean(summary: pd.DataFrame | None, clean: pd.DataFrame | None) -> 
     if clean is None or clean.empty:
         missing("clean accuracy", CLEAN)
         return
-    show_chart(charts.clean_accuracy_chart, clean)
+    show_chart(charts.clean_accuracy_chart, clean, variants)
     table = clean[["variant", "attribute", "n", "accuracy", "ci_low", "ci_high"]].copy()
     table["95% CI"] = [ci_text(lo, hi) for lo, hi in zip(table.ci_low, table.ci_high, strict=True)]
     st.dataframe(table, hide_index=True)
 
 
-def overview_headline(summary: pd.DataFrame) -> None:
+def overview_headline(summary: pd.DataFrame, variants: list[str]) -> None:
     """The paired differences emphasized − normal per family, chart and table."""
-    show_chart(charts.headline_chart, summary)
+    show_chart(charts.headline_chart, summary, variants=variants)
     families = [Family.NOISE, Family.CORRUPTION, Family.ADVERSARIAL, Family.TRANSFER]
     heads = summary[
         (summary["level"] == "family")
@@ -277,7 +219,7 @@ def _filters(summary: pd.DataFrame, key: str) -> pd.DataFrame:
     """Attribute and variant filters shared by the noise/corruption views."""
     left, right = st.columns(2)
     attributes = sorted(summary["attribute"].dropna().unique())
-    variants = sorted(summary["variant"].dropna().unique())
+    variants = rundata.variant_order(summary["variant"])
     attribute = left.selectbox("Attribute", ["all (mean)", *attributes], key=f"{key}_attribute")
     chosen = right.multiselect("Variants", variants, default=variants, key=f"{key}_variants")
     frame = summary[summary["variant"].isin(chosen)]
@@ -293,8 +235,9 @@ def page_noise(run_dir: Path) -> None:
         missing("noise or corruption results", SUMMARY)
         return
     frame = _filters(summary, Family.NOISE)
+    variants = load_variants(run_dir)
     st.subheader("Noise: accuracy vs strength")
-    show_chart(charts.strength_curves_chart, frame, Family.NOISE)
+    show_chart(charts.strength_curves_chart, frame, Family.NOISE, variants=variants)
     auc = frame[(frame["level"] == "perturbation") & (frame["family"] == Family.NOISE)]
     if not auc.empty:
         st.caption("Normalised area under accuracy vs noise strength (AUC):")
@@ -303,7 +246,7 @@ def page_noise(run_dir: Path) -> None:
             hide_index=True,
         )
     st.subheader("Corruptions: accuracy vs severity")
-    show_chart(charts.strength_curves_chart, frame, Family.CORRUPTION)
+    show_chart(charts.strength_curves_chart, frame, Family.CORRUPTION, variants=variants)
     st.subheader("Corruptions: accuracy difference vs normal, corruption × severity")
     show_chart(charts.difference_heatmap, frame, Family.CORRUPTION)
 
@@ -312,6 +255,7 @@ def page_adversarial(run_dir: Path) -> None:
     st.title("Adversarial")
     summary = load_csv(run_dir, SUMMARY)
     results = load_csv(run_dir, RESULTS)
+    variants = load_variants(run_dir)
 
     st.subheader("Sanity checklist (Carlini et al., 2019)")
     if summary is None:
@@ -338,12 +282,12 @@ def page_adversarial(run_dir: Path) -> None:
     if source is None:
         missing("adversarial results", SUMMARY)
     else:
-        show_chart(charts.robust_accuracy_chart, source)
+        show_chart(charts.robust_accuracy_chart, source, variants=variants)
     if results is None:
         missing("per-job results", RESULTS)
         return
     st.subheader("Median minimal perturbation")
-    show_chart(charts.median_distance_chart, results)
+    show_chart(charts.median_distance_chart, results, variants)
     st.subheader("Transfer matrix")
     show_chart(charts.transfer_matrix_chart, results)
     matrix = charts.transfer_matrix(results)
@@ -405,6 +349,7 @@ def drift_view(run_dir: Path) -> None:
         measure=measure,
         family=None if family == "all" else family,
         attribute=None if attribute == "all (mean)" else attribute,
+        variants=load_variants(run_dir),
     )
     st.caption(
         "Mask cosine: mean over images of the cosine similarity between a variant's masks "
@@ -417,9 +362,7 @@ def drift_view(run_dir: Path) -> None:
 
 def mask_gallery(samples: rundata.MaskSamples, importance: pd.DataFrame | None) -> None:
     attributes = samples.attributes or sorted({a for _, a in samples.masks})
-    variants = [v for v in samples.variants if any(k[0] == v for k in samples.masks)] or sorted(
-        {v for v, _ in samples.masks}
-    )
+    variants = rundata.variant_order(variant for variant, _ in samples.masks)
     left, middle, right = st.columns(3)
     attribute = left.selectbox("Attribute", attributes, key="mask_attribute")
     default_channel = 0
@@ -436,33 +379,18 @@ def mask_gallery(samples: rundata.MaskSamples, importance: pd.DataFrame | None) 
         key=f"mask_channel_{attribute}",
     )
     chosen = right.multiselect("Variants", variants, default=variants, key="mask_variants")
-    count = min(GALLERY_SAMPLES, samples.images.shape[0])
-    size = 64
-    st.image(
-        [
-            rundata.to_uint8_image(image, max(1, size // image.shape[-1]))
-            for image in samples.images[:count]
-        ],
-        caption=[f"sample {i}" for i in range(count)],
+    gallery = rundata.mask_gallery(
+        samples, attribute, int(channel), chosen, count=GALLERY_SAMPLES, size=GALLERY_PX
     )
-    # One shared scale across the variants of a channel, so emphasis shows as brightness.
-    stack = [
-        samples.masks[(v, attribute)][:count, int(channel)]
-        for v in chosen
-        if (v, attribute) in samples.masks
-    ]
-    top = float(np.nanmax(np.stack(stack))) if stack else 1.0
-    for variant in chosen:
-        masks = samples.masks.get((variant, attribute))
-        if masks is None:
-            continue
-        st.image(
-            [rundata.mask_image(mask, size, vmax=top) for mask in masks[:count, int(channel)]],
-            caption=[f"{variant} · ch {channel}" for _ in range(count)],
-        )
+    # One width for every row; the variant names its row, so no caption widens one image.
+    captions = [f"sample {i}" for i in range(len(gallery.images))]
+    st.image(gallery.images, caption=captions, width=GALLERY_PX)
+    for variant, masks in gallery.masks.items():
+        st.markdown(f"**{variant}** · channel {channel}")
+        st.image(masks, caption=captions, width=GALLERY_PX)
     st.caption(
         f"Masks of channel {channel} for attribute {attribute}; brightness scaled to the maximum "
-        f"over the variants shown ({top:.3g}). Transforms: "
+        f"over the variants shown ({gallery.vmax:.3g}). Transforms: "
         + ", ".join(f"{v} = {samples.variants.get(v, '?')}" for v in chosen)
     )
 
@@ -516,11 +444,15 @@ def main() -> None:
     if not root.is_dir():
         st.info(GUIDANCE.format(root=root))
         return
-    run_dir = select_run(root, rundata.list_runs(root))
+    runs = rundata.list_runs(root)
+    run_dir = select_run(root, runs)
     if run_dir is None:
         return
     manifest = load_manifest(run_dir)
     run_header(run_dir, manifest)
+    if page == "Compare":
+        page_compare(root, run_dir, rundata.run_names(runs))
+        return
     if page == "Overview":
         page_overview(run_dir)
     elif page == "Noise and corruptions":
@@ -529,6 +461,8 @@ def main() -> None:
         page_adversarial(run_dir)
     elif page == "Attention":
         page_attention(run_dir)
+    elif page == "Search":
+        page_search(run_dir)
     else:
         page_info(run_dir, manifest)
 

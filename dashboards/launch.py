@@ -23,7 +23,8 @@ DEFAULT_HOST = "127.0.0.1"
 
 
 def streamlit_command(port: int, host: str = DEFAULT_HOST, app: Path = APP_PATH) -> list[str]:
-    """The `streamlit run` command line that serves `app` on `host:port`, headless."""
+    """The `streamlit run` command line that serves `app` on `host:port`, headless, with the
+    toolbar in viewer mode: no Deploy, Rerun or Clear-cache buttons for whoever reads it."""
     return [
         sys.executable,
         "-m",
@@ -38,6 +39,8 @@ def streamlit_command(port: int, host: str = DEFAULT_HOST, app: Path = APP_PATH)
         "true",
         "--browser.gatherUsageStats",
         "false",
+        "--client.toolbarMode",
+        "viewer",
     ]
 
 

@@ -20,6 +20,7 @@ import pandas as pd
 from scipy.stats import t as student_t
 
 from dashboards import charts
+from dashboards.rundata import run_variants
 from dashboards.verdict import verdict
 from iamt.io import write_text  # pandas and the standard library only: no torch
 from iamt.rundir import (
@@ -222,9 +223,11 @@ def _sanity_line(summary: pd.DataFrame) -> str:
 
 
 def _search_section(
-    table: pd.DataFrame | None, search: dict[str, Any] | None, plots: Path, notes: list[str]
+    files: RunFiles, plots: Path, notes: list[str], variants: list[str]
 ) -> list[str]:
-    """The emphasis search: where the searched variant came from, and its Pareto front."""
+    """The emphasis search: where the searched variant came from, its Pareto front on
+    validation and, when `search.evaluate_front` was on, the front re-measured on test."""
+    table, search = files.search_table, files.search
     if table is None or search is None:
         return []
     chosen = search.get("chosen")
@@ -241,7 +244,29 @@ def _search_section(
         f"{search.get('n')} validation images, clean and under "
         f"{html.escape(', '.join(search.get('conditions', [])))}. {choice}</p>",
         _plot("pareto", lambda: charts.pareto_chart(table), plots, notes),
+        *_front_on_test_section(table, plots, notes, variants),
     ]
+
+
+def _front_on_test_section(
+    table: pd.DataFrame, plots: Path, notes: list[str], variants: list[str]
+) -> list[str]:
+    """The Pareto front a second time, re-measured on the test split by the sweep."""
+    sections = ["<h3>The Pareto front re-measured on the test split</h3>"]
+    if not charts.front_remeasured(table):
+        sections.append(
+            "<p>The front was not re-measured on the test split (<code>search.evaluate_front"
+            "</code> off): the front above is validation only.</p>"
+        )
+        if charts.measured_on_test(table).empty:
+            return sections
+    sections += [
+        "<p>Measured twice: by the search on validation (circles) and by the sweep on test, "
+        "each as its own variant (diamonds, labelled), joined by a segment; clean cost and "
+        "robustness gain in points against the normal model on the same split.</p>",
+        _plot("pareto_test", lambda: charts.front_on_test_chart(table, variants), plots, notes),
+    ]
+    return sections
 
 
 def prediction_table(search: dict[str, Any] | None, summary: pd.DataFrame) -> pd.DataFrame:
@@ -354,7 +379,7 @@ def drift_answer(stability: pd.DataFrame) -> str:
     return " ".join(answers)
 
 
-def _drift_section(drift: pd.DataFrame | None, plots: Path, notes: list[str]) -> list[str]:
+def _drift_section(drift: pd.DataFrame | None, canvas: Canvas) -> list[str]:
     """Attention drift (drift.csv, optional): the drift plot and whether emphasis makes the
     masks more stable under perturbation."""
     heading = "<h3>Attention drift: does emphasis make the masks more stable?</h3>"
@@ -372,7 +397,7 @@ def _drift_section(drift: pd.DataFrame | None, plots: Path, notes: list[str]) ->
         "job and attribute (the same clean and perturbed images, except under white-box "
         "attacks, where each variant faces its own adversarials); 95% t intervals over the "
         "pairs, which share images, so read them as approximate.</p>",
-        _plot("drift", lambda: charts.drift_chart(drift), plots, notes),
+        canvas.plot("drift", lambda: charts.drift_chart(drift, variants=canvas.variants)),
         _table(_drift_display(stability), ["variant", "family"]),
     ]
 
@@ -435,6 +460,8 @@ class Canvas:
     plots: Path
     notes: list[str] = field(default_factory=list)
 
+    variants: list[str] = field(default_factory=list)  # the run's, for one colour per variant
+
     def plot(self, name: str, build: Callable[[], alt.TopLevelMixin | None]) -> str:
         return _plot(name, build, self.plots, self.notes)
 
@@ -454,7 +481,7 @@ def _clean_section(clean: pd.DataFrame | None, canvas: Canvas) -> list[str]:
         return []
     return [
         "<h2>Clean accuracy (test split)</h2>",
-        canvas.plot("clean_accuracy", lambda: charts.clean_accuracy_chart(clean)),
+        canvas.plot("clean_accuracy", lambda: charts.clean_accuracy_chart(clean, canvas.variants)),
         _table(
             clean[["variant", "transform", "attribute", "n", "accuracy", "ci_low", "ci_high"]],
             ["variant", "transform", "attribute"],
@@ -472,12 +499,12 @@ def _verdict_section(files: RunFiles, summary: pd.DataFrame, canvas: Canvas) -> 
         "difference. The model was trained on the train split; channel importance and "
         "the emphasis search used the validation split; every number in this section is "
         "on the test split.</p>",
-        canvas.plot("headline", lambda: charts.headline_chart(summary)),
+        canvas.plot("headline", lambda: charts.headline_chart(summary, variants=canvas.variants)),
         _table(_headline(summary), ["variant", "family", "attribute"]),
         _sanity_line(summary),
-        *_search_section(files.search_table, files.search, canvas.plots, canvas.notes),
+        *_search_section(files, canvas.plots, canvas.notes, canvas.variants),
         *_prediction_section(files.search, summary),
-        *_drift_section(files.run.read_csv(DRIFT), canvas.plots, canvas.notes),
+        *_drift_section(files.run.read_csv(DRIFT), canvas),
     ]
 
 
@@ -485,10 +512,15 @@ def _perturbation_section(summary: pd.DataFrame, canvas: Canvas) -> list[str]:
     """Noise and corruptions: accuracy against strength, the difference heatmap and mCE."""
     sections = [
         "<h2>Noise and corruptions</h2>",
-        canvas.plot("noise_curves", lambda: charts.strength_curves_chart(summary, Family.NOISE)),
+        canvas.plot(
+            "noise_curves",
+            lambda: charts.strength_curves_chart(summary, Family.NOISE, variants=canvas.variants),
+        ),
         canvas.plot(
             "corruption_curves",
-            lambda: charts.strength_curves_chart(summary, Family.CORRUPTION),
+            lambda: charts.strength_curves_chart(
+                summary, Family.CORRUPTION, variants=canvas.variants
+            ),
         ),
         canvas.plot(
             "corruption_heatmap", lambda: charts.difference_heatmap(summary, Family.CORRUPTION)
@@ -531,11 +563,17 @@ def _adversarial_section(
     """Robust accuracy, minimal perturbations, transfer and the sanity checklist."""
     sections = [
         "<h2>Adversarial robustness</h2>",
-        canvas.plot("robust_accuracy", lambda: charts.robust_accuracy_chart(summary)),
+        canvas.plot(
+            "robust_accuracy",
+            lambda: charts.robust_accuracy_chart(summary, variants=canvas.variants),
+        ),
     ]
     if results is not None:
         sections += [
-            canvas.plot("median_distance", lambda: charts.median_distance_chart(results)),
+            canvas.plot(
+                "median_distance",
+                lambda: charts.median_distance_chart(results, canvas.variants),
+            ),
             "<h3>Transfer: robust accuracy of target variants on adversarials crafted on "
             "source variants</h3>",
             canvas.plot("transfer_matrix", lambda: charts.transfer_matrix_chart(results)),
@@ -601,7 +639,7 @@ def _page(title: str, sections: list[str]) -> str:
 def write_report(run_dir: Path) -> Path:
     """Write `run_dir/report.html` and `run_dir/plots/*.png`; returns the report's path."""
     files = read_run(run_dir)
-    canvas = Canvas(files.run.plots)
+    canvas = Canvas(files.run.plots, variants=run_variants(files.run.root))
     sections = [
         *_header(files),
         *_clean_section(files.clean, canvas),

@@ -1,5 +1,6 @@
 """The dashboard in a real browser: `iamt dashboard` serves a real run, headless Chromium opens
-the Overview and Adversarial pages, and each page must show its heading and rendered charts.
+the Overview, Adversarial, Search and Compare pages, and each page must show its heading and
+rendered charts, without Streamlit's Deploy button (the toolbar serves in viewer mode).
 
 Needs Debian's `chromium` and `chromium-driver` (`make test` installs them where apt-get works);
 skips without them. Screenshots land in the test's tmp directory.
@@ -30,15 +31,18 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
+from tests.test_dashboard_app import search_table, write_search
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 LOOPBACK = "127.0.0.1"
 SERVER_START_S = 60.0
 PAGE_LOAD_S = 60.0
 RUN_NAME = "tiny"
-# Titles of the pages under test; the app picks its page and run from the query parameters
-# `page` and `run`.
-PAGES = ["Overview", "Adversarial"]
+MEMBER = "study/a"  # a copy of the run as a study's member: what the Compare page pairs with
+# The pages under test and how many charts each must render at least; the app picks its page
+# and run from the query parameters `page` and `run` (Compare's run B from `against`).
+PAGES = {"Overview": 2, "Adversarial": 2, "Search": 2, "Compare": 1}
 
 pytestmark = [
     pytest.mark.e2e,
@@ -126,6 +130,10 @@ def dashboard(
     root = tmp_path_factory.mktemp("dashboard")
     runs = root / "runs"
     shutil.copytree(evaluated_run_dir, runs / RUN_NAME)
+    # The fixture's run has no search: its files as a search with evaluate_front leaves them.
+    write_search(runs / RUN_NAME, search_table())
+    study, member = MEMBER.split("/")
+    shutil.copytree(evaluated_run_dir, runs / study / "members" / member)
     port = _free_loopback_port()
     log = root / "server.log"
     command = [sys.executable, "-m", "cluster.cli", "dashboard", "--runs", str(runs)]
@@ -184,13 +192,17 @@ def _rendered_charts(browser: WebDriver) -> list[WebElement]:
 def test_page_renders_charts(
     dashboard: Dashboard, driver: WebDriver, title: str, tmp_path: Path
 ) -> None:
-    driver.get(f"{dashboard.url}/?{urllib.parse.urlencode({'page': title, 'run': RUN_NAME})}")
+    query = {"page": title, "run": RUN_NAME, "against": MEMBER}
+    driver.get(f"{dashboard.url}/?{urllib.parse.urlencode(query)}")
     wait = WebDriverWait(driver, PAGE_LOAD_S, poll_frequency=0.5)
     wait.until(
         lambda d: any(title in h.text for h in d.find_elements(By.CSS_SELECTOR, "h1")),
         message=f"no heading {title!r}",
     )
-    wait.until(_rendered_charts, message=f"no rendered chart on {title!r}")
+    wait.until(
+        lambda d: len(_rendered_charts(d)) >= PAGES[title],
+        message=f"fewer than {PAGES[title]} rendered charts on {title!r}",
+    )
     # Let the script run finish so the screenshot shows the whole page.
     wait.until(
         lambda d: not d.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"] button'),
@@ -205,4 +217,8 @@ def test_page_renders_charts(
     # run's failed sanity checks, and may appear).
     errors = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]')
     assert not errors, f"{title}: the app raised:\n" + "\n".join(e.text for e in errors)
-    assert _rendered_charts(driver), f"{title}: the charts vanished"
+    assert len(_rendered_charts(driver)) >= PAGES[title], f"{title}: the charts vanished"
+    if title == "Compare":
+        assert "Paired differences" in body, "the run and its copy share the test set"
+    deploy = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stAppDeployButton"]')
+    assert not deploy, "the toolbar shows the Deploy button (not in viewer mode)"

@@ -15,6 +15,7 @@ from scipy import stats
 from cluster.cli import main
 from dashboards import report
 from iamt.rundir import SEARCH_REPORT, SEARCH_TABLE, RunDirectory
+from tests.test_dashboard_app import search_table
 
 
 @pytest.fixture
@@ -115,7 +116,7 @@ def test_the_drift_answer_follows_the_paired_interval(emphasized: list[float], a
 
 
 def test_a_run_without_drift_says_so(tmp_path: Path) -> None:
-    section = "".join(report._drift_section(None, tmp_path / "plots", []))
+    section = "".join(report._drift_section(None, report.Canvas(tmp_path / "plots")))
     assert "has no drift.csv" in section and not (tmp_path / "plots").exists()
 
 
@@ -148,6 +149,25 @@ def test_the_search_section_reads_the_typed_search_table(run_dir: Path) -> None:
     assert "3 candidate transforms" in page and "plots/pareto.png" in page
     assert "The emphasis search chose topk:alpha=2,k=4" in page
     assert "<h2>Notes</h2>" not in page
+    # Written before the sweep re-measured candidates on test: validation only, and said so.
+    assert "The front was not re-measured on the test split" in page
+    assert "plots/pareto_test.png" not in page
+
+
+def test_the_report_plots_the_front_on_validation_and_re_measured_on_test(run_dir: Path) -> None:
+    table = search_table()  # with the sweep's variants and test numbers (evaluate_front on)
+    table.to_csv(run_dir / SEARCH_TABLE, index=False)
+    chosen = {"spec": "topk:alpha=2,k=4", "robustness_gain": 1.0, "clean_cost": 0.5}
+    search = {"chosen": chosen, "rule": "the largest worst-family gain", "variant": "searched"}
+    (run_dir / SEARCH_REPORT).write_text(json.dumps({**search, "n": 64, "conditions": ["fog@3"]}))
+    files, notes = report.read_run(run_dir), []  # the search section alone: two plots
+    variants = ["normal", "emphasized", "front-1", "searched"]
+    page = "".join(report._search_section(files, run_dir / "plots", notes, variants))
+    for plot in ("plots/pareto.png", "plots/pareto_test.png"):
+        assert plot in page
+        assert (run_dir / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<h3>The Pareto front re-measured on the test split</h3>" in page
+    assert "not re-measured" not in page and not notes
 
 
 def test_the_search_s_prediction_stands_next_to_the_test_result() -> None:
