@@ -53,7 +53,9 @@ RUN_COLUMNS = [
 def _plain_name(name: str, whole: str) -> None:
     """Refuse anything but one plain directory name (no separators, '..', '~' or NUL)."""
     if not name or name in (".", "..") or "\x00" in name or name.startswith("~"):
-        raise RunDataError(f"invalid run name {whole!r}: expected a directory name under runs/")
+        raise RunDataError(
+            f"invalid run name {whole!r}: expected a plain directory name under runs/"
+        )
     if "/" in name or "\\" in name:
         raise RunDataError(
             f"invalid run name {whole!r}: a run name is a plain directory name or "
@@ -66,7 +68,9 @@ def safe_run_dir(runs_dir: Path, name: str) -> Path:
     for a name "STUDY/MEMBER"; anything else is refused (a URL query parameter picks the run,
     so it is untrusted input)."""
     if not isinstance(name, str):
-        raise RunDataError(f"invalid run name {name!r}: expected a directory name under runs/")
+        raise RunDataError(
+            f"invalid run name {name!r}: expected a plain directory name under runs/"
+        )
     parts = name.split(MEMBER_SEPARATOR)
     if len(parts) > 2:
         _plain_name(name, name)  # raises: more than one separator
