@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from dashboards.rundata import variant_order
-from iamt.rundir import DRIFT, SEARCH_COLUMNS
+from iamt.rundir import DRIFT, SEARCH_COLUMNS, SEARCH_TABLE
 from iamt.vocabulary import FRONT_VARIANT_PREFIX, IDENTITY, NORMAL, Family, StrengthAxis
 
 Chart: TypeAlias = alt.Chart | alt.LayerChart | alt.FacetChart | alt.VConcatChart
@@ -728,7 +728,7 @@ def front_on_test_chart(search: pd.DataFrame, variants: Variants = None) -> Char
     `search.evaluate_front` only normal and the chosen transform have test numbers: those."""
     members = measured_on_test(search)
     if members.empty:
-        return _empty("not re-measured on test (search.csv has no test numbers)")
+        return _empty(f"not re-measured on test ({SEARCH_TABLE} has no test numbers)")
     title = "Pareto front on validation (search) and re-measured on test (sweep)"
     if not front_remeasured(members):
         title = "Chosen transform on validation and on test (search.evaluate_front off)"

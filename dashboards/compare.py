@@ -31,7 +31,7 @@ import pandas as pd
 from scipy.special import ndtri
 from scipy.stats import binomtest
 
-from iamt.rundir import PARTS, RESULTS, RunDataError, RunDirectory, read_csv
+from iamt.rundir import CONFIG, PARTS, RESULTS, RunDataError, RunDirectory, read_csv
 
 PAIRED = "paired"
 UNPAIRED = "unpaired"
@@ -60,7 +60,7 @@ def test_set_fingerprint(run_dir: Path) -> str | None:
     data = config.get("data") or {}
     robustness = config.get("robustness") or {}
     if not isinstance(data, dict) or not isinstance(robustness, dict):
-        raise RunDataError("config.yaml is malformed: 'data' and 'robustness' must be mappings")
+        raise RunDataError(f"{CONFIG} is malformed: 'data' and 'robustness' must be mappings")
     recorded = {
         "data": {field: data.get(field) for field in TEST_SET_FIELDS},
         "seed": config.get("seed"),
@@ -234,14 +234,14 @@ def compare_runs(run_a: Path, run_b: Path, *, seed: int = 0) -> Comparison:
         if outcomes_a is not None and outcomes_b is not None:
             reason = (
                 f"both runs evaluated the same test set (fingerprint {fingerprint_a}: "
-                "config.yaml's data settings, seed and split): paired per image"
+                f"{CONFIG}'s data settings, seed and split): paired per image"
             )
             return Comparison(PAIRED, reason, paired_differences(outcomes_a, outcomes_b, seed=seed))
         why = f"same test set (fingerprint {fingerprint_a}), but a run has no {PARTS}/ outcomes"
     else:
         why = (
             f"different test sets (fingerprints {fingerprint_a} and {fingerprint_b}: "
-            "config.yaml's data settings, seed and split)"
+            f"{CONFIG}'s data settings, seed and split)"
         )
     results_a = RunDirectory(run_a).read_csv(RESULTS)
     results_b = RunDirectory(run_b).read_csv(RESULTS)

@@ -81,7 +81,7 @@ def _method_note(method: str) -> str:
             "on the discordant pairs (it treats pairs as independent: trust the CI first)."
         )
     return (
-        "Unpaired: pooled accuracies of results.csv; 95% Newcombe hybrid score interval for a "
+        f"Unpaired: pooled accuracies of {RESULTS}; 95% Newcombe hybrid score interval for a "
         "difference of independent proportions (approximate where a family pools several "
         "conditions over the same images)."
     )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -116,13 +118,19 @@ def test_the_report_s_search_section_shows_the_choice_and_the_front(tmp_path: Pa
         "conditions": ["fog@3", "gaussian@0.1"],
     }
     notes: list[str] = []
-    html = "".join(report._search_section(table, search, tmp_path, notes))
+    variants = ["normal", "searched"]
+
+    def section(table: pd.DataFrame | None, search: dict[str, Any] | None) -> list[str]:
+        files = SimpleNamespace(search_table=table, search=search)  # the two files it reads
+        return report._search_section(files, tmp_path, notes, variants)  # type: ignore[arg-type]
+
+    html = "".join(section(table, search))
     assert "<code>topk:alpha=2,k=4</code> by the rule: the largest robustness gain" in html
     assert "500 validation images" in html and "fog@3, gaussian@0.1" in html
     assert not notes and (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG"
-    nothing = "".join(report._search_section(table, {**search, "chosen": None}, tmp_path, notes))
+    nothing = "".join(section(table, {**search, "chosen": None}))
     assert "No transform met the rule" in nothing
-    assert report._search_section(None, None, tmp_path, notes) == []
+    assert section(None, None) == []
 
 
 def test_a_ci_excluding_zero_is_not_significant_after_holm() -> None:
