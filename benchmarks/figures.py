@@ -227,60 +227,6 @@ def sweep_overhead(bench: Bench) -> Figure:
 
 
 @register
-def variant_floor(bench: Bench) -> Figure:
-    figure = Figure(
-        "variant_floor",
-        "corruption jobs with 4 variants ÷ (perturb once + 4 × each variant's inference, and "
-        "its clean pass on the drift_samples images)",
-        1.10,
-        higher_is_better=False,
-    )
-    variants = {
-        "top8": "topk:k=8,alpha=2",
-        "suppress": "suppress:k=8,beta=0.5",
-        "power": "power:gamma=0.5",
-    }
-    samples, shard = (100, 100) if bench.quick else (500, 250)
-    sweep = only_family(
-        bench.sweep(corruption_sweep(bench, samples, shard), variants), Family.CORRUPTION
-    )
-    figure.parameters = {"variants": 4, "jobs": len(sweep.jobs), "samples": samples}
-    models = {name: model.to(bench.device) for name, model in sweep.models.items()}
-    images = sweep.images.to(bench.device)
-    drift_samples = sweep.config.robustness.drift_samples
-    with single_thread(), torch.no_grad():
-        for _ in range(bench.repeats):
-            perturb = inference = 0.0
-            for job in sweep.jobs:
-                x = images[job.shard_start : job.shard_stop]
-                perturbation = create_perturbation(job.perturbation)
-                assert isinstance(perturbation, ImagePerturbation) and job.strength is not None
-                start = time.perf_counter()
-                corrupted = perturbation(x, job.strength, seed=job.seed)
-                perturb += time.perf_counter() - start
-                for model in models.values():
-                    inference += timed(predict_all, model, corrupted, job.batch_size)
-                    if drift_samples:  # attention drift: the clean masks of the first images
-                        inference += timed(predict_all, model, x[:drift_samples], job.batch_size)
-            total = sum(
-                timed(
-                    run_job,
-                    job,
-                    models,
-                    sweep.images,
-                    sweep.labels,
-                    device=bench.device,
-                    drift_samples=drift_samples,
-                )
-                for job in sweep.jobs
-            )
-            floor = perturb + inference
-            figure.raw.append({"sweep_s": total, "perturb_s": perturb, "inference_s": inference})
-            figure.ratios.append(total / floor)
-    return figure
-
-
-@register
 def scaling_2w(bench: Bench) -> Figure:
     figure = Figure(
         "scaling_2w",
@@ -610,3 +556,6 @@ __all__ = [
     "throughputs",
     "train_benchmark_model",
 ]
+
+# The shared-trunk figures (and variant_floor, whose floor is the shared pass) register here.
+from benchmarks import shared_variants  # noqa: E402, F401

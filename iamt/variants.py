@@ -95,6 +95,15 @@ def _view(model: nn.Module) -> tuple[AttentionNet, VariantView] | None:
     return None
 
 
+def transform_of(model: nn.Module) -> VariantView:
+    """(T, rankings) of a view of an AttentionNet, as a shared pass applies them to the masks.
+    Read at each batch, not cached: `.to(device)` replaces the rankings buffer."""
+    view = _view(model)
+    if view is None:
+        raise TypeError(f"{type(model).__name__} is not an AttentionNet or a view of one")
+    return view[1]
+
+
 def shared_base(models: Iterable[nn.Module]) -> AttentionNet | None:
     """The one AttentionNet every model is (a view of), judged by identity; else None."""
     bases = []
@@ -147,7 +156,7 @@ class SharedVariants:
         assert self.base is not None
         features, masks = self.base.features_and_masks(images)  # once for every variant
         for name, model in self.models.items():
-            transform, rankings = self._transform_of(model)
+            transform, rankings = transform_of(model)
             yield (
                 name,
                 self.base.heads_from_masks(
@@ -170,7 +179,7 @@ class SharedVariants:
         assert self.base is not None
         _, masks = self.base.features_and_masks(images)
         for name, model in self.models.items():
-            yield name, transform_masks(masks, *self._transform_of(model))
+            yield name, transform_masks(masks, *transform_of(model))
 
     def predict(self, images: Tensor, batch_size: int) -> dict[str, Tensor]:
         """(N, A) predicted class per attribute of every variant, on the CPU, in batches of
@@ -187,6 +196,9 @@ class SharedVariants:
         """Every model in eval mode inside the block, each model's mode restored after it, in
         order (a view restores its base too, as one call per variant would leave it)."""
         modes = {name: model.training for name, model in self.models.items()}
+        if not any(module.training for m in self.models.values() for module in m.modules()):
+            yield  # already in eval mode throughout: nothing to switch, nothing to restore
+            return
         try:
             for model in self.models.values():
                 model.eval()
@@ -194,10 +206,3 @@ class SharedVariants:
         finally:
             for name, model in self.models.items():
                 model.train(modes[name])
-
-    @staticmethod
-    def _transform_of(model: nn.Module) -> VariantView:
-        # Read at each batch, not cached: `.to(device)` replaces the rankings buffer.
-        view = _view(model)
-        assert view is not None
-        return view[1]

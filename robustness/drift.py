@@ -55,9 +55,9 @@ def mask_cosine(clean: Tensor, perturbed: Tensor) -> Tensor:
     c = clean.reshape(len(clean), -1).double()  # (B, C·h·w)
     p = perturbed.reshape(len(perturbed), -1).double()  # (B, C·h·w)
     dot = (c * p).sum(dim=1)  # (B,)
-    norms = c.norm(dim=1) * p.norm(dim=1)  # (B,)
-    both_zero = (c.abs().sum(dim=1) == 0) & (p.abs().sum(dim=1) == 0)
-    cosine = dot / norms.clamp_min(torch.finfo(torch.float64).tiny)
+    clean_norm, perturbed_norm = c.norm(dim=1), p.norm(dim=1)  # (B,) each; 0 only if all zero
+    both_zero = (clean_norm == 0) & (perturbed_norm == 0)
+    cosine = dot / (clean_norm * perturbed_norm).clamp_min(torch.finfo(torch.float64).tiny)
     return torch.where(both_zero, torch.ones_like(cosine), cosine)
 
 
@@ -98,10 +98,11 @@ class DriftAccumulator:
             )
         batch = len(clean_masks[0])
         for a in self.attributes:
-            clean, perturbed = clean_masks[a], perturbed_masks[a]  # (B, C, h, w) each
+            # (B, C, h, w) each, in float64 once: the cosine and the channel sums share it.
+            clean, perturbed = clean_masks[a].double(), perturbed_masks[a].double()
             self.cosine_sum[a] += float(mask_cosine(clean, perturbed).sum())
-            clean_channels = clean.double().sum(dim=(0, 2, 3)).cpu()  # (C,)
-            perturbed_channels = perturbed.double().sum(dim=(0, 2, 3)).cpu()  # (C,)
+            clean_channels = clean.sum(dim=(0, 2, 3)).cpu()  # (C,)
+            perturbed_channels = perturbed.sum(dim=(0, 2, 3)).cpu()  # (C,)
             if a in self.clean_sum:
                 self.clean_sum[a] += clean_channels
                 self.perturbed_sum[a] += perturbed_channels

@@ -19,19 +19,36 @@ def test_quick_benchmarks_write_json_that_matches_the_printed_lines(
 ) -> None:
     out = tmp_path / "latest.json"
     main(
-        ["--quick", "--repeats", "1", "--only", "variant_floor", "pgd_overhead", "--out", str(out)]
+        [
+            "--quick",
+            "--repeats",
+            "1",
+            "--only",
+            "variant_floor",
+            "pgd_overhead",
+            "shared_variants_vs_separate",
+            "--out",
+            str(out),
+        ]
     )
     printed = capsys.readouterr().out
     record = json.loads(out.read_text())
-    assert [figure["name"] for figure in record["figures"]] == ["variant_floor", "pgd_overhead"]
+    names = ["variant_floor", "pgd_overhead", "shared_variants_vs_separate"]
+    assert [figure["name"] for figure in record["figures"]] == names
     for figure in record["figures"]:
         assert figure["line"] in printed
         assert len(figure["ratios"]) == len(figure["raw"]) == 1
         assert figure["median"] == figure["ratios"][0] > 0
         assert figure["passed"] == (figure["median"] <= figure["target"])
     variant = record["figures"][0]["raw"][0]
-    floor = variant["perturb_s"] + variant["inference_s"]
+    # The floor: the images made once, the shared inference, drift's statistics on its masks.
+    floor = variant["perturb_s"] + variant["inference_s"] + variant["drift_s"]
     assert record["figures"][0]["ratios"][0] == pytest.approx(variant["sweep_s"] / floor)
+    shared = record["figures"][2]
+    assert shared["parameters"]["variants"] == 4
+    assert shared["ratios"][0] == pytest.approx(
+        shared["raw"][0]["together_s"] / shared["raw"][0]["separate_s"]
+    )
     pgd = record["figures"][1]
     steps = pgd["parameters"]["steps"]
     assert pgd["ratios"][0] == pytest.approx(
@@ -53,4 +70,7 @@ def test_an_unknown_figure_is_refused_with_the_valid_names() -> None:
         "train_overhead",
         "driver_rss",
         "native_corruption_speedup",
+        "shared_variants_resnet18",
+        "shared_variants_vs_separate",
+        "shared_variants_vs_separate_resnet18",
     }
