@@ -24,15 +24,13 @@ from safetensors import SafetensorError, safe_open
 from iamt.rundir import CLEAN, MASK_TENSORS, RESULTS, SEARCH_REPORT, SEARCH_TABLE, RunDirectory
 from iamt.rundir import KNOWN_CSVS as KNOWN_CSVS
 from iamt.rundir import SCHEMAS as SCHEMAS
+from iamt.rundir import STUDY_MEMBERS as STUDY_MEMBERS
 from iamt.rundir import CsvSchema as CsvSchema
 from iamt.rundir import RunDataError as RunDataError
 from iamt.rundir import read_csv as read_csv
 from iamt.vocabulary import NORMAL
 
-# A study directory holds one run directory per member under STUDY_DIR/members/<name>/; the
-# dashboard names a member "<study>/<member>". (The study layout's one home should be
-# iamt.rundir once `iamt study` lands there; only this reader spells it today.)
-STUDY_MEMBERS = "members"
+# The dashboard names a study's member "<study>/<member>".
 MEMBER_SEPARATOR = "/"
 RUN_COLUMNS = [
     "name",

@@ -67,6 +67,54 @@ REPORT = "report.html"
 PLOTS = "plots"
 LOCK = ".iamt.lock"  # flock'ed by the writing command; holds its pid, host and command
 
+# A study directory (`iamt study`): one run directory per member, STUDY_DIR/members/<name>/,
+# and the study's own tables and report beside them.
+STUDY_MEMBERS = "members"
+STUDY_CONFIG = "study.yaml"  # the study file as read, with its base config resolved
+STUDY_TABLE = "study.csv"  # per grid point × variant × family × attribute: the seed-aware effect
+STUDY_SEEDS = "study_seeds.csv"  # per member × variant × family × attribute: each seed's effect
+STUDY_GRID = "study_grid.csv"  # differences of effects between grid points
+STUDY_REPORT = "study.html"
+STUDY_COLUMNS = [
+    "grid_point",  # e.g. "train.mask_sparsity=0.1" (";"-joined when several keys), or "base"
+    "variant",
+    "family",  # clean, noise, corruption, adversarial
+    "attribute",  # an attribute, or "all": pooled over attributes
+    "n_seeds",
+    "effect",  # mean over seeds of the paired accuracy difference variant − normal (fraction)
+    "ci_low",  # 95 % hierarchical bootstrap: seeds, then images within each seed
+    "ci_high",
+    "p_value",  # two-sided, from the same bootstrap
+    "p_holm",  # Holm-adjusted over every row of the table
+    "verdict",  # helps, hurts, no consistent effect
+    "seeds_above_0",  # seeds whose own (image bootstrap) CI lies above 0
+    "seeds_below_0",
+    "normal_accuracy",  # mean over seeds
+    "normal_accuracy_sd",  # between-seed standard deviation (ddof 1)
+]
+STUDY_SEED_COLUMNS = [
+    "grid_point",
+    "seed",
+    "member",
+    "variant",
+    "family",
+    "attribute",
+    "effect",
+    "ci_low",
+    "ci_high",
+    "normal_accuracy",
+]
+STUDY_GRID_COLUMNS = [
+    "variant",
+    "family",
+    "attribute",
+    "grid_point_a",
+    "grid_point_b",
+    "difference",  # effect at b − effect at a
+    "ci_low",
+    "ci_high",
+]
+
 # What a sweep or a search derives from the checkpoint: stale as soon as the checkpoint changes.
 EVALUATION_OUTPUTS = (
     PARTS,
