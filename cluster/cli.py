@@ -4,6 +4,7 @@
     iamt train CONFIG [--set key=value ...] [--out RUN_DIR] [--force]
     iamt evaluate RUN_DIR [--set robustness.key=value ...]
     iamt search RUN_DIR [--set search.key=value ...] [--address ADDR]
+    iamt study STUDY_FILE --out STUDY_DIR [--address ADDR]
     iamt report RUN_DIR
     iamt dashboard [--runs DIR] [--port N] [--host ADDRESS]
 
@@ -40,6 +41,9 @@ from iamt.rundir import (
     RESULTS,
     SEARCH_REPORT,
     SEARCH_TABLE,
+    STUDY_GRID,
+    STUDY_SEEDS,
+    STUDY_TABLE,
     SUMMARY,
     TIMINGS,
     RunDirectory,
@@ -142,6 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set_argument(search, "search.max_trials=8 (search.* and robustness.* keys only)")
     search.add_argument("--address", default=None, help="Ray cluster to join (as for `run`)")
     search.add_argument("--quiet", action="store_true", help="no progress bars")
+    study = commands.add_parser(
+        "study",
+        help="many members (grid point × training seed) on Ray, then effects across seeds",
+    )
+    study.add_argument("config", type=Path, help="a study file, e.g. configs/study-demo.yaml")
+    study.add_argument("--out", type=Path, required=True, help="the study directory")
+    study.add_argument("--address", default=None, help="Ray cluster to join (as for `run`)")
+    study.add_argument("--quiet", action="store_true", help="no progress bars")
     report = commands.add_parser("report", help=f"write RUN_DIR/{REPORT} with PNG plots")
     report.add_argument("run_dir", type=Path)
     dashboard = commands.add_parser("dashboard", help="serve the Streamlit dashboard")
@@ -252,6 +264,28 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study(args: argparse.Namespace) -> int:
+    from cluster.study import load_study
+
+    load_study(args.config)  # a bad study file is refused before the lock, Ray or torch
+    args.run_dir = args.out
+    check_writable(args.out)
+    with hold_run_lock(args.out, args.command_line):
+        from cluster.study import run_study
+
+        result = run_study(
+            args.config, args.out, address=args.address, show_progress=not args.quiet
+        )
+    print(
+        f"\n{result.study_dir}: {result.members} members ({result.ran} run now, the others "
+        f"already finished); {result.failed_jobs} failed jobs"
+    )
+    print(f"wrote {result.study_dir}/: {STUDY_TABLE}, {STUDY_SEEDS}, {STUDY_GRID}")
+    if result.report is not None:
+        print(f"wrote {result.report}")
+    return 0 if result.failed_jobs == 0 else 1
+
+
 def _report(args: argparse.Namespace) -> int:
     from dashboards.report import write_report
 
@@ -271,6 +305,7 @@ HANDLERS = {
     "train": _train,
     "evaluate": _evaluate,
     "search": _search,
+    "study": _study,
     "report": _report,
     "dashboard": _dashboard,
 }

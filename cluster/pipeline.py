@@ -20,7 +20,8 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -35,7 +36,10 @@ from cluster.sweep import check_reachable, connect, init_local_ray, run_sweep_on
 from cluster.train import fit_on_ray
 from dashboards.report import write_report
 from iamt.config import ConfigError
+from iamt.data import AttributeDataset
+from iamt.model import AttentionNet
 from iamt.rundir import RunDirectory
+from iamt.train import EpochRecord
 from iamt.workflow import TrainInputs, adopt_checkpoint, prepare_train_run
 from robustness.runner import TrainRunSummary, evaluate_run, train_run
 from robustness.search import candidate_specs, search_is_current
@@ -108,9 +112,13 @@ def run_pipeline(
     force: bool = False,
     report: bool = True,
     show_progress: bool = True,
+    waiting: Callable[[], AbstractContextManager[object]] = nullcontext,
 ) -> PipelineResult:
+    """`iamt run` (see the module docstring). `waiting` is entered around the stages that only
+    wait on Ray (the training, the sweep): `iamt study` releases its driver lock there, so that
+    other members train and sweep meanwhile while every driver-side step runs alone."""
     started = time.perf_counter()
-    inputs, joining = _validate(config, run_dir, address, checkpoint, force)
+    inputs, joining = validate_run(config, run_dir, address, checkpoint, force)
     owns_ray = not ray.is_initialized()  # a caller's Ray (tests, notebooks) stays up
     where = start_ray(joining, config)
     run = RunDirectory(run_dir)
@@ -118,12 +126,12 @@ def run_pipeline(
         if joining:  # a real cluster may autoscale: say what it lacks, then wait
             for problem in check_resources_fit(config, ray.cluster_resources()):
                 warnings.warn(f"{problem}; waiting for the cluster to grow", stacklevel=2)
-        summary = _train(config, run_dir, inputs, checkpoint, force, show_progress)
+        summary = _train(config, run_dir, inputs, checkpoint, force, show_progress, waiting)
         if config.search.enabled and not search_is_current(run_dir, config):
             run.update_manifest(status="running", stage="search", ray=where, error=None)
             run_search_on_ray(run_dir, config, show_progress=show_progress)
         run.update_manifest(status="running", stage="sweep", ray=where, error=None)
-        counts = _sweep(config, run_dir, show_progress)
+        counts = _sweep(config, run_dir, show_progress, waiting)
         report_path = None
         if report:
             run.update_manifest(stage="report")
@@ -140,7 +148,7 @@ def run_pipeline(
     return PipelineResult(run_dir, summary.trained, dict(counts), report_path, seconds)
 
 
-def _validate(
+def validate_run(
     config: RunConfig, run_dir: Path, address: str | None, checkpoint: Path | None, force: bool
 ) -> tuple[TrainInputs, str | None]:
     """Everything cheap, checked before Ray starts or a file is written: the config, the run
@@ -168,39 +176,52 @@ def _train(
     checkpoint: Path | None,
     force: bool,
     show_progress: bool,
+    waiting: Callable[[], AbstractContextManager[object]] = nullcontext,
 ) -> TrainRunSummary:
     """Training on Ray Train (skipped when the run holds this config's checkpoint)."""
     scaling = config.cluster.train
     trainer = f"Ray Train, {scaling.num_workers} worker(s)" + (", GPU" if scaling.use_gpu else "")
+    on_ray = fit_on_ray(config, run_dir, restart=force, show_progress=show_progress)
+
+    def fit(model: AttentionNet, train_set: AttributeDataset) -> list[EpochRecord]:
+        with waiting():
+            return on_ray(model, train_set)
+
     return train_run(
         config,
         run_dir,
         force=force,
         retrain=force and checkpoint is None,
         show_progress=show_progress,
-        fit=fit_on_ray(config, run_dir, restart=force, show_progress=show_progress),
+        fit=fit,
         trainer=trainer,
         inputs=inputs,
     )
 
 
-def _sweep(config: RunConfig, run_dir: Path, show_progress: bool) -> Mapping[str, Any]:
+def _sweep(
+    config: RunConfig,
+    run_dir: Path,
+    show_progress: bool,
+    waiting: Callable[[], AbstractContextManager[object]] = nullcontext,
+) -> Mapping[str, Any]:
     """The sweep fanned out over Ray with the cluster section's resources."""
     sweep = config.cluster.sweep
-    return evaluate_run(
-        run_dir,
-        config,
-        show_progress=show_progress,
-        run_sweep=partial(
-            run_sweep_on_ray,
-            max_in_flight=sweep.max_in_flight,
-            max_retries=sweep.max_retries,
-            num_cpus_per_task=sweep.num_cpus,
-            num_gpus_per_task=sweep.num_gpus,
-            resources_per_task=sweep.resources,
-            memory_mb_per_task=sweep.memory_mb,
-        ),
+    fan_out = partial(
+        run_sweep_on_ray,
+        max_in_flight=sweep.max_in_flight,
+        max_retries=sweep.max_retries,
+        num_cpus_per_task=sweep.num_cpus,
+        num_gpus_per_task=sweep.num_gpus,
+        resources_per_task=sweep.resources,
+        memory_mb_per_task=sweep.memory_mb,
     )
+
+    def run_sweep(*args: Any, **kwargs: Any) -> Any:
+        with waiting():
+            return fan_out(*args, **kwargs)
+
+    return evaluate_run(run_dir, config, show_progress=show_progress, run_sweep=run_sweep)
 
 
 def search_run(

@@ -250,17 +250,29 @@ def _key(frame: pd.DataFrame) -> pd.Series:
     return pd.Series(keys, index=frame.index)
 
 
+def paired_outcomes(
+    group: pd.DataFrame, normal: pd.DataFrame
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(normal's correctness, the group's correctness, sample ids), one entry per (condition,
+    sample) that both the group (one variant's rows) and `normal` hold; None when none."""
+    mine, theirs = group.assign(_k=_key(group)), normal.assign(_k=_key(normal))
+    common = sorted(set(mine["_k"]) & set(theirs["_k"]))
+    if not common:
+        return None
+    a, sample_ids = _outcomes(theirs.set_index("_k").loc[common].reset_index())
+    b, _ = _outcomes(mine.set_index("_k").loc[common].reset_index())
+    return a, b, sample_ids
+
+
 def _paired(
     group: pd.DataFrame, normal: pd.DataFrame, *, clusters: bool, seed: int
 ) -> dict[str, float]:
     """Paired comparison of `group` (one variant) against the normal rows of the same
     conditions and shards. Pairs only what both have."""
-    mine, theirs = group.assign(_k=_key(group)), normal.assign(_k=_key(normal))
-    common = sorted(set(mine["_k"]) & set(theirs["_k"]))
-    if not common:
+    paired = paired_outcomes(group, normal)
+    if paired is None:
         return {}
-    a, sample_ids = _outcomes(theirs.set_index("_k").loc[common].reset_index())
-    b, _ = _outcomes(mine.set_index("_k").loc[common].reset_index())
+    a, b, sample_ids = paired
     result = paired_difference(a, b, seed=seed, clusters=sample_ids if clusters else None)
     return {
         "difference": result.difference,

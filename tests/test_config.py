@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -12,12 +13,25 @@ from iamt.config import ConfigError
 from iamt.data import DatasetName
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+STUDIES = sorted(CONFIGS.glob("study-*.yaml"))  # study files (`iamt study`), not run configs
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted(set(CONFIGS.glob("*.yaml")) - set(STUDIES)), ids=lambda p: p.name
+)
 def test_shipped_configs_validate(path: Path) -> None:
     config = load_config(path)
     assert isinstance(config, RunConfig)
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.name)
+def test_shipped_study_files_validate_every_member(path: Path) -> None:
+    from cluster.study import load_study
+
+    study, members = load_study(path)
+    grid_points = math.prod(len(values) for values in study.study.grid.values())
+    assert len(members) == len(study.study.seeds) * grid_points
+    assert all(isinstance(member.config, RunConfig) for member in members)
 
 
 def test_demo_config_uses_the_builtin_shapes() -> None:
