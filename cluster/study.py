@@ -25,14 +25,14 @@ import itertools
 import json
 import math
 import os
+import queue
 import re
 import threading
 from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -51,6 +51,9 @@ from iamt.rundir import (
     RunDirectory,
     read_csv,
 )
+
+if TYPE_CHECKING:
+    from robustness.study import MemberResults
 
 # What may vary between members: what shapes the trained model. The sweep (robustness.*),
 # the search and the placement (cluster.*) must be one for all, or members are not comparable.
@@ -244,51 +247,88 @@ def run_study(
 def _run_members(
     pending: list[Member], study_dir: Path, resources: Mapping[str, float], show_progress: bool
 ) -> int:
-    """Every pending member's `run_pipeline`, several at once; returns their failed jobs."""
+    """Every pending member's `run_pipeline`, several at once; returns their failed jobs.
+
+    The members run in daemon threads, so that Ctrl-C (or any fault) ends the study at once:
+    the running members' manifests say so, and a rerun resumes them where they stopped."""
     from cluster.pipeline import run_pipeline
 
     lock = DriverLock()
+    todo: queue.Queue[Member] = queue.Queue()
+    for member in pending:
+        todo.put(member)
+    outcomes: queue.Queue[tuple[Member, int | BaseException]] = queue.Queue()
+    running: set[str] = set()
 
-    def run(member: Member) -> int:
-        with lock.held():
-            result = run_pipeline(
-                member.config,
-                member_dir(study_dir, member),
-                show_progress=False,
-                waiting=lock.released,
-            )
-        return int(result.jobs["failed"])
+    def work() -> None:
+        while True:
+            try:
+                member = todo.get_nowait()
+            except queue.Empty:
+                return
+            running.add(member.name)
+            try:
+                with lock.held():
+                    result = run_pipeline(
+                        member.config,
+                        member_dir(study_dir, member),
+                        show_progress=False,
+                        waiting=lock.released,
+                    )
+                outcomes.put((member, int(result.jobs["failed"])))
+            except BaseException as error:  # reported to the main thread, which raises it
+                outcomes.put((member, error))
+                return
+            finally:
+                running.discard(member.name)
 
     workers = concurrent_members(pending, float(resources.get("CPU", os.cpu_count() or 1)))
+    for index in range(workers):
+        threading.Thread(target=work, name=f"member-{index}", daemon=True).start()
     failed = 0
-    with (
-        progress_bar(
+    try:
+        with progress_bar(
             total=len(pending), desc="study members", unit="member", disable=not show_progress
-        ) as bar,
-        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="member") as pool,
-    ):
-        futures = {pool.submit(run, member): member for member in pending}
-        for future in as_completed(futures):
-            failed += future.result()  # a member's fault ends the study, the rest kept
-            bar.set_postfix_str(futures[future].name, refresh=False)
-            bar.update(1)
+        ) as bar:
+            for _ in pending:
+                member, outcome = outcomes.get()
+                if isinstance(outcome, BaseException):
+                    raise outcome  # a member's fault ends the study; what it finished is kept
+                failed += outcome
+                bar.set_postfix_str(member.name, refresh=False)
+                bar.update(1)
+    except BaseException as error:
+        _mark_interrupted(study_dir, [m for m in pending if m.name in running], error)
+        raise
     return failed
 
 
-def write_study_outputs(study_dir: Path, members: list[Member]) -> Path | None:
-    """study.csv, study_seeds.csv, study_grid.csv and study.html from the members' results."""
-    from robustness.study import MemberResults, study_tables
+def _mark_interrupted(study_dir: Path, members: list[Member], error: BaseException) -> None:
+    """The manifests of members still running when the study stopped: failed, with why."""
+    for member in members:
+        run = RunDirectory(member_dir(study_dir, member))
+        if run.manifest.is_file():
+            run.update_manifest(status="failed", error=f"study stopped: {type(error).__name__}")
 
-    results = [
-        MemberResults(m.name, m.grid_point, m.seed, read_csv(member_dir(study_dir, m) / RESULTS))
-        for m in members
-    ]
-    tables = study_tables(results)
+
+def _member_results(study_dir: Path, member: Member) -> MemberResults:
+    """The member's per-sample outcomes (its part rows) of the jobs its results.csv holds."""
+    from robustness.results import read_parts
+    from robustness.study import MemberResults
+
+    run_dir = member_dir(study_dir, member)
+    job_ids = set(read_csv(run_dir / RESULTS)["job_id"])
+    return MemberResults(member.name, member.grid_point, member.seed, read_parts(run_dir, job_ids))
+
+
+def write_study_outputs(study_dir: Path, members: list[Member]) -> Path:
+    """study.csv, study_seeds.csv, study_grid.csv and study.html from the members' results."""
+    from robustness.study import study_tables
+
+    tables = study_tables([_member_results(study_dir, member) for member in members])
     write_csv(study_dir / STUDY_TABLE, tables.study)
     write_csv(study_dir / STUDY_SEEDS, tables.seeds)
     write_csv(study_dir / STUDY_GRID, tables.grid)
-    try:
-        from dashboards.study_report import write_study_report
-    except ImportError:
-        return None
+    from dashboards.study_report import write_study_report
+
     return write_study_report(study_dir)

@@ -23,6 +23,7 @@ if str(_ROOT) not in sys.path:
 from dashboards import charts, rundata  # noqa: E402
 from dashboards.compare_page import page_compare  # noqa: E402
 from dashboards.search_page import page_search  # noqa: E402
+from dashboards.study_page import page_study  # noqa: E402
 from dashboards.widgets import (  # noqa: E402
     ci_text,
     load_csv,
@@ -49,7 +50,8 @@ from iamt.rundir import (  # noqa: E402  (torch-free: names and readers of a run
 )
 from iamt.vocabulary import Family  # noqa: E402
 
-PAGES: tuple[str, ...] = ("Runs", "Overview", "Noise and corruptions", "Adversarial")
+# Runs and Study show a directory of runs and a study; the others one run (or study member).
+PAGES: tuple[str, ...] = ("Runs", "Study", "Overview", "Noise and corruptions", "Adversarial")
 PAGES += ("Attention", "Search", "Compare", "Run info")
 REFRESH_S = 5.0  # how often a running run's progress is re-read
 GALLERY_SAMPLES = 8
@@ -144,7 +146,8 @@ def page_runs(root: Path) -> None:
     table()
     st.markdown(
         "Pick a run in the sidebar (or open `?run=<name>&page=Overview`). A study's members "
-        "follow its row, named `<study>/<member>`."
+        "follow its row, named `<study>/<member>`; the study's verdict across its members is "
+        "on the Study page (`?page=Study&study=<study>`)."
     )
 
 
@@ -440,6 +443,9 @@ def main() -> None:
     page = select_page()
     if page == "Runs":
         page_runs(root)
+        return
+    if page == "Study":  # a study directory, not a run: it has its own picker
+        page_study(root)
         return
     if not root.is_dir():
         st.info(GUIDANCE.format(root=root))

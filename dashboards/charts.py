@@ -66,7 +66,7 @@ def variant_color(
     )
 
 
-def _one_x_title(grid: Chart, x_title: str, title: str) -> alt.VConcatChart:
+def one_x_title(grid: Chart, x_title: str, title: str) -> alt.VConcatChart:
     """A faceted chart with its x-axis title once, centred under the grid (the facets' own axes
     carry none), and `title` above: repeated per facet, long titles ran into each other."""
     below = alt.TitleParams(x_title, orient="bottom", anchor="middle", fontSize=11)
@@ -84,7 +84,7 @@ def attack_norm(perturbation: str) -> str:
     return "L∞" if name in _LINF_ATTACKS or name.startswith("linf") else "L2"
 
 
-def _empty(message: str) -> alt.Chart:
+def empty_chart(message: str) -> alt.Chart:
     """A placeholder chart (the report still gets a file, the app a visible note)."""
     frame = pd.DataFrame({"note": [message]})
     return (
@@ -115,7 +115,7 @@ def clean_accuracy_chart(clean: pd.DataFrame, variants: Variants = None) -> Char
     if "family" in frame.columns:
         frame = frame[frame["family"] == Family.CLEAN]
     if frame.empty:
-        return _empty("no clean accuracy yet")
+        return empty_chart("no clean accuracy yet")
     tooltip = [
         alt.Tooltip("variant:N"),
         alt.Tooltip("attribute:N"),
@@ -165,7 +165,7 @@ def headline_chart(
     frame = frame[frame["family"].isin(families) & (frame["variant"] != NORMAL)]
     frame = frame.dropna(subset=["difference"])
     if frame.empty:
-        return _empty("no paired differences yet")
+        return empty_chart("no paired differences yet")
     tooltip = [
         alt.Tooltip("family:N"),
         *_difference_tooltips(),
@@ -212,7 +212,7 @@ def _difference_grid(
         .properties(width=alt.Step(step), height=240)
         .facet(facet=alt.Facet("family:N", title="family", sort=families), columns=columns)
     )
-    return _one_x_title(grid, "attribute", title)
+    return one_x_title(grid, "attribute", title)
 
 
 _STRENGTH_TITLES = {
@@ -238,7 +238,7 @@ def strength_curves_chart(
     x_field, x_title = _strength_axis(family)
     frame = frame.dropna(subset=[x_field, "accuracy"])
     if frame.empty:
-        return _empty(f"no {family} results yet")
+        return empty_chart(f"no {family} results yet")
     frame = (
         frame.groupby(["perturbation", "variant", x_field], as_index=False)[
             ["accuracy", "ci_low", "ci_high"]
@@ -267,7 +267,7 @@ def strength_curves_chart(
         .properties(width=150, height=120)
         .facet(facet=alt.Facet("perturbation:N", title=str(family)), columns=columns)
     )
-    return _one_x_title(grid, x_title, f"Accuracy vs {x_field} per {family} (95% CI band)")
+    return one_x_title(grid, x_title, f"Accuracy vs {x_field} per {family} (95% CI band)")
 
 
 def difference_heatmap(summary: pd.DataFrame, family: str = Family.CORRUPTION) -> Chart:
@@ -277,7 +277,7 @@ def difference_heatmap(summary: pd.DataFrame, family: str = Family.CORRUPTION) -
     x_field, x_title = _strength_axis(family)
     frame = frame[frame["variant"] != NORMAL].dropna(subset=["difference", x_field])
     if frame.empty:
-        return _empty(f"no {family} differences yet")
+        return empty_chart(f"no {family} differences yet")
     limit = max(float(frame["difference"].abs().max()), 0.01)
     tooltip = [
         alt.Tooltip("perturbation:N"),
@@ -303,7 +303,7 @@ def difference_heatmap(summary: pd.DataFrame, family: str = Family.CORRUPTION) -
         row=alt.Row("variant:N", title="variant", sort=variant_order(frame["variant"])),
         column=alt.Column("attribute:N", title="attribute"),
     )
-    return _one_x_title(
+    return one_x_title(
         grid, x_title, f"{family}: accuracy difference vs normal (blue: variant better)"
     )
 
@@ -333,7 +333,7 @@ def robust_accuracy_chart(rows: pd.DataFrame, columns: int = 4, variants: Varian
     attributes present. `rows`: summary.csv (level 'condition') or results.csv."""
     frame = _adversarial_conditions(rows)
     if frame.empty:
-        return _empty("no adversarial results yet")
+        return empty_chart("no adversarial results yet")
     variants = variants or variant_order(frame["variant"])
     charts: list[Chart] = []
     for norm in ("L∞", "L2"):
@@ -379,7 +379,7 @@ def median_distance_chart(results: pd.DataFrame, variants: Variants = None) -> C
     adversarial = results["family"] == Family.ADVERSARIAL
     frame = results[adversarial & results["median_distance"].notna()]
     if frame.empty:
-        return _empty("no minimisation attack results yet")
+        return empty_chart("no minimisation attack results yet")
     # The distance is per sample, not per ε: one value per (attack, variant, attribute).
     frame = frame.groupby(["perturbation", "variant", "attribute"], as_index=False)[
         "median_distance"
@@ -412,7 +412,7 @@ def median_distance_chart(results: pd.DataFrame, variants: Variants = None) -> C
         .properties(width=alt.Step(22), height=200)
     )
     grid = bars.facet(column=alt.Column("attack:N", title="attack"))
-    return _one_x_title(
+    return one_x_title(
         grid, "attribute", "Median minimal adversarial perturbation (larger = more robust)"
     )
 
@@ -442,7 +442,7 @@ def transfer_matrix_chart(results: pd.DataFrame) -> Chart:
     evaluated on the target variant (columns), one panel per attack. `results`: results.csv."""
     frame = transfer_matrix(results)
     if frame.empty:
-        return _empty("no transfer results yet")
+        return empty_chart("no transfer results yet")
     tooltip = [
         alt.Tooltip("perturbation:N", title="attack"),
         alt.Tooltip("source_variant:N", title="crafted on"),
@@ -470,7 +470,7 @@ def transfer_matrix_chart(results: pd.DataFrame) -> Chart:
         .properties(width=alt.Step(60), height=alt.Step(40))
         .facet(column=alt.Column("perturbation:N", title="attack"))
     )
-    return _one_x_title(
+    return one_x_title(
         grid,
         "target variant (evaluated on)",
         "Transfer: robust accuracy, source → target (diagonal: white-box)",
@@ -481,7 +481,7 @@ def importance_heatmap(importance: pd.DataFrame) -> Chart:
     """Channel importance score per attribute (rows) × channel (columns); rank in the tooltip.
     `importance`: importance.csv."""
     if importance.empty:
-        return _empty("no channel importance yet")
+        return empty_chart("no channel importance yet")
     channels = int(importance["channel"].nunique())
     return (
         alt.Chart(importance)
@@ -557,7 +557,7 @@ def drift_chart(
     variants = variants or variant_order(drift["variant"])
     frame = drift_curves(drift, measure=measure, family=family, attribute=attribute)
     if frame.empty:
-        return _empty(f"no attention drift yet ({DRIFT})")
+        return empty_chart(f"no attention drift yet ({DRIFT})")
     frame["panel"] = frame["family"] + ": " + frame["perturbation"]
     title = DRIFT_MEASURES[measure]
     tooltip = [
@@ -580,7 +580,7 @@ def drift_chart(
     )
     scope = "mean over attributes" if attribute is None else f"attribute {attribute}"
     grid = line.facet(facet=alt.Facet("panel:N", title="perturbation"), columns=columns)
-    return _one_x_title(
+    return one_x_title(
         grid.resolve_scale(x="independent"),
         "strength (noise σ… / severity 1–5 / ε)",
         f"Attention drift, clean vs perturbed: {title} ({scope}); noise strengths and ε in "
@@ -670,7 +670,7 @@ def pareto_chart(search: pd.DataFrame) -> Chart:
     robustness gain (y), one point per candidate transform (its spec and numbers in the
     tooltip), the Pareto front joined by a line, the chosen one ringed."""
     if search.empty:
-        return _empty("no search trials")
+        return empty_chart("no search trials")
     frame = search_frame(search)
     frame["on the front"] = frame["pareto"].map({True: "Pareto front", False: "dominated"})
     tooltip = _search_tooltips(frame)
@@ -728,7 +728,7 @@ def front_on_test_chart(search: pd.DataFrame, variants: Variants = None) -> Char
     `search.evaluate_front` only normal and the chosen transform have test numbers: those."""
     members = measured_on_test(search)
     if members.empty:
-        return _empty(f"not re-measured on test ({SEARCH_TABLE} has no test numbers)")
+        return empty_chart(f"not re-measured on test ({SEARCH_TABLE} has no test numbers)")
     title = "Pareto front on validation (search) and re-measured on test (sweep)"
     if not front_remeasured(members):
         title = "Chosen transform on validation and on test (search.evaluate_front off)"
@@ -789,7 +789,7 @@ def comparison_chart(
     (paired or unpaired, as its `method` column says)."""
     frame = comparison.dropna(subset=["difference"])
     if frame.empty:
-        return _empty("no results shared by both runs")
+        return empty_chart("no results shared by both runs")
     frame = frame.rename(columns={"ci_low": "diff_ci_low", "ci_high": "diff_ci_high"})
     first, second = labels
     tooltip = [

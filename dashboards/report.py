@@ -63,7 +63,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return html.escape(str(value))
 
 
-def _table(frame: pd.DataFrame, text_columns: Iterable[str] = ()) -> str:
+def html_table(frame: pd.DataFrame, text_columns: Iterable[str] = ()) -> str:
     text = set(text_columns)
     head = "".join(
         f'<th class="{"text" if c in text else ""}">{html.escape(str(c))}</th>' for c in frame
@@ -310,7 +310,7 @@ def _prediction_section(search: dict[str, Any] | None, summary: pd.DataFrame) ->
         "<p>The searched transform's gain per family (points, variant − normal) as the search "
         "predicted it on the validation split, and as the sweep measured it on the test split "
         "(mean over attributes, with the smallest and largest).</p>",
-        _table(table, ["family"]),
+        html_table(table, ["family"]),
     ]
 
 
@@ -398,7 +398,7 @@ def _drift_section(drift: pd.DataFrame | None, canvas: Canvas) -> list[str]:
         "attacks, where each variant faces its own adversarials); 95% t intervals over the "
         "pairs, which share images, so read them as approximate.</p>",
         canvas.plot("drift", lambda: charts.drift_chart(drift, variants=canvas.variants)),
-        _table(_drift_display(stability), ["variant", "family"]),
+        html_table(_drift_display(stability), ["variant", "family"]),
     ]
 
 
@@ -482,7 +482,7 @@ def _clean_section(clean: pd.DataFrame | None, canvas: Canvas) -> list[str]:
     return [
         "<h2>Clean accuracy (test split)</h2>",
         canvas.plot("clean_accuracy", lambda: charts.clean_accuracy_chart(clean, canvas.variants)),
-        _table(
+        html_table(
             clean[["variant", "transform", "attribute", "n", "accuracy", "ci_low", "ci_high"]],
             ["variant", "transform", "attribute"],
         ),
@@ -500,7 +500,7 @@ def _verdict_section(files: RunFiles, summary: pd.DataFrame, canvas: Canvas) -> 
         "the emphasis search used the validation split; every number in this section is "
         "on the test split.</p>",
         canvas.plot("headline", lambda: charts.headline_chart(summary, variants=canvas.variants)),
-        _table(_headline(summary), ["variant", "family", "attribute"]),
+        html_table(_headline(summary), ["variant", "family", "attribute"]),
         _sanity_line(summary),
         *_search_section(files, canvas.plots, canvas.notes, canvas.variants),
         *_prediction_section(files.search, summary),
@@ -544,7 +544,7 @@ def _mce_section(summary: pd.DataFrame) -> list[str]:
     columns = [c for c in MCE_COLUMNS if c in mce.columns and mce[c].notna().any()]
     sections = [
         "<h3>Corruption error (ImageNet-C)</h3>",
-        _table(mce[["variant", "attribute", *columns]], ["variant", "attribute"]),
+        html_table(mce[["variant", "attribute", *columns]], ["variant", "attribute"]),
     ]
     if "mce_corruptions" in mce.columns and mce["mce_corruptions"].notna().any():
         present = int(mce["mce_corruptions"].min())
@@ -583,7 +583,7 @@ def _adversarial_section(
     if not sanity.empty:
         sections += [
             "<h3>Sanity checklist (Carlini et al. 2019) and gradient-masking flags</h3>",
-            _table(
+            html_table(
                 sanity[["variant", "attribute", *MASKING_COLUMNS, *sanity_columns]],
                 ["variant", "attribute"],
             ),
@@ -617,7 +617,7 @@ def _failures_section(failures: pd.DataFrame | None) -> list[str]:
         return []
     return [
         '<h2 class="fail">Failed jobs</h2>',
-        _table(failures[["job_id", "error", "attempts"]], ["job_id", "error"]),
+        html_table(failures[["job_id", "error", "attempts"]], ["job_id", "error"]),
     ]
 
 
@@ -628,7 +628,7 @@ def _notes_section(notes: list[str]) -> list[str]:
     return ["<h2>Notes</h2>", "<ul>", *(f"<li>{html.escape(note)}</li>" for note in notes), "</ul>"]
 
 
-def _page(title: str, sections: list[str]) -> str:
+def html_page(title: str, sections: list[str]) -> str:
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f"<title>iamt report: {html.escape(title)}</title>"
@@ -651,5 +651,5 @@ def write_report(run_dir: Path) -> Path:
     ]
     sections += _notes_section(canvas.notes)  # last: the notes of every chart above
     target = files.run.report
-    write_text(target, _page(files.name, sections))
+    write_text(target, html_page(files.name, sections))
     return target

@@ -473,8 +473,29 @@ SCHEMAS: dict[str, CsvSchema] = {
             "test_robustness_gain",
         ),
     ),
+    # A study directory's tables (`iamt study`), beside its members rather than in a run.
+    STUDY_TABLE: CsvSchema(
+        tuple(STUDY_COLUMNS),
+        required=("grid_point", "variant", "family", "attribute", "n_seeds", "effect", "verdict"),
+        numeric=(
+            *("n_seeds", "effect", "ci_low", "ci_high", "p_value", "p_holm"),
+            *("seeds_above_0", "seeds_below_0", "normal_accuracy", "normal_accuracy_sd"),
+        ),
+    ),
+    STUDY_SEEDS: CsvSchema(
+        tuple(STUDY_SEED_COLUMNS),
+        required=("grid_point", "seed", "member", "variant", "family", "attribute", "effect"),
+        numeric=("seed", "effect", "ci_low", "ci_high", "normal_accuracy"),
+    ),
+    STUDY_GRID: CsvSchema(
+        tuple(STUDY_GRID_COLUMNS),
+        required=("variant", "family", "attribute", "grid_point_a", "grid_point_b", "difference"),
+        numeric=("difference", "ci_low", "ci_high"),
+    ),
 }
-KNOWN_CSVS = tuple(SCHEMAS)
+STUDY_CSVS = (STUDY_TABLE, STUDY_SEEDS, STUDY_GRID)
+# A run's own CSVs (what a run directory holds): the study tables live in a study directory.
+KNOWN_CSVS = tuple(name for name in SCHEMAS if name not in STUDY_CSVS)
 
 
 def read_csv(path: Path) -> pd.DataFrame:

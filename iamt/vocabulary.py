@@ -103,3 +103,15 @@ UNRELIABLE_IF_FAILED = (
     "no_gradient_masking",
     *MASKING_CHECKS,
 )
+
+
+class StudyVerdict(StrEnum):
+    """A study's verdict on one grid point × variant × family × attribute (robustness/study.py):
+    its Holm-adjusted p below 0.05 and the effect's sign, else no consistent effect."""
+
+    HELPS = "helps"
+    HURTS = "hurts"
+    NO_EFFECT = "no consistent effect"
+
+
+POOLED_ATTRIBUTE = "all"  # a study row pooled over attributes

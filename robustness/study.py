@@ -26,19 +26,20 @@ import numpy as np
 import pandas as pd
 
 from iamt.rundir import STUDY_COLUMNS, STUDY_GRID_COLUMNS, STUDY_SEED_COLUMNS
-from iamt.vocabulary import NORMAL
+from iamt.vocabulary import NORMAL, POOLED_ATTRIBUTE, StudyVerdict
 from robustness.metrics import hierarchical_bootstrap, holm, paired_difference
 from robustness.results import paired_outcomes
 
-POOLED = "all"  # the attribute label of a row pooled over attributes
+POOLED = POOLED_ATTRIBUTE  # the attribute label of a row pooled over attributes
 ALPHA = 0.05  # the verdicts' family-wise error rate (Holm)
 N_BOOT = 2000
-HELPS, HURTS, NO_EFFECT = "helps", "hurts", "no consistent effect"
+HELPS, HURTS, NO_EFFECT = StudyVerdict.HELPS, StudyVerdict.HURTS, StudyVerdict.NO_EFFECT
 
 
 @dataclass(frozen=True)
 class MemberResults:
-    """One member's results.csv rows, with where it sits in the study."""
+    """One member's part rows (per-sample outcomes, the `outcomes` column), with where it sits
+    in the study."""
 
     member: str
     grid_point: str
@@ -107,8 +108,8 @@ def _seed_row(
 
 def verdict(effect: float, p_holm: float) -> str:
     if np.isnan(p_holm) or p_holm >= ALPHA:
-        return NO_EFFECT
-    return HELPS if effect > 0 else HURTS if effect < 0 else NO_EFFECT
+        return NO_EFFECT.value
+    return (HELPS if effect > 0 else HURTS if effect < 0 else NO_EFFECT).value
 
 
 @dataclass

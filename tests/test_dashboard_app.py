@@ -26,11 +26,11 @@ from iamt.vocabulary import NORMAL
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "dashboards" / "app.py")
-PAGES = ("Runs", "Overview", "Noise and corruptions", "Adversarial", "Attention", "Search")
-PAGES += ("Compare", "Run info")
+PAGES = ("Runs", "Study", "Overview", "Noise and corruptions", "Adversarial", "Attention")
+PAGES += ("Search", "Compare", "Run info")
 TORCH_LAYERS = {"torch", "ray", "robustness", "cluster"}  # what the dashboard must not import
 # The Streamlit modules of the dashboard: the app script and the modules of its pages.
-STREAMLIT_MODULES = ("app.py", "widgets.py", "search_page.py", "compare_page.py")
+STREAMLIT_MODULES = ("app.py", "widgets.py", "search_page.py", "compare_page.py", "study_page.py")
 
 
 @pytest.fixture
@@ -237,7 +237,7 @@ def test_read_manifest_config_masks(runs_dir: Path) -> None:
 
 def axis_titles(spec: Any) -> list[tuple[str, str]]:
     """(channel, title) of every x/y encoding anywhere in a Vega-Lite spec; a title set below a
-    faceted grid (`charts._one_x_title`) is the grid's x title."""
+    faceted grid (`charts.one_x_title`) is the grid's x title."""
     found: list[tuple[str, str]] = []
     if isinstance(spec, dict):
         title = spec.get("title")

@@ -42,7 +42,7 @@ RUN_NAME = "tiny"
 MEMBER = "study/a"  # a copy of the run as a study's member: what the Compare page pairs with
 # The pages under test and how many charts each must render at least; the app picks its page
 # and run from the query parameters `page` and `run` (Compare's run B from `against`).
-PAGES = {"Overview": 2, "Adversarial": 2, "Search": 2, "Compare": 1}
+PAGES = {"Overview": 2, "Adversarial": 2, "Search": 2, "Compare": 1, "Study": 1}
 
 pytestmark = [
     pytest.mark.e2e,
@@ -123,6 +123,24 @@ def _stop(server: subprocess.Popen[bytes]) -> None:
     server.wait(timeout=10)
 
 
+def _write_study_tables(study_dir: Path, member: str) -> None:
+    """The study's tables and report from its one member's outcomes, as `iamt study` writes
+    them (a one-seed study: its intervals are the images' alone)."""
+    from dashboards.study_report import write_study_report
+    from iamt.io import write_csv
+    from iamt.rundir import RESULTS, STUDY_GRID, STUDY_MEMBERS, STUDY_SEEDS, STUDY_TABLE, read_csv
+    from robustness.results import read_parts
+    from robustness.study import MemberResults, study_tables
+
+    run_dir = study_dir / STUDY_MEMBERS / member
+    parts = read_parts(run_dir, set(read_csv(run_dir / RESULTS)["job_id"]))
+    tables = study_tables([MemberResults(member, "base", 0, parts)], n_boot=200)
+    write_csv(study_dir / STUDY_TABLE, tables.study)
+    write_csv(study_dir / STUDY_SEEDS, tables.seeds)
+    write_csv(study_dir / STUDY_GRID, tables.grid)
+    write_study_report(study_dir)
+
+
 @pytest.fixture(scope="module")
 def dashboard(
     evaluated_run_dir: Path, tmp_path_factory: pytest.TempPathFactory
@@ -134,6 +152,7 @@ def dashboard(
     write_search(runs / RUN_NAME, search_table())
     study, member = MEMBER.split("/")
     shutil.copytree(evaluated_run_dir, runs / study / "members" / member)
+    _write_study_tables(runs / study, member)
     port = _free_loopback_port()
     log = root / "server.log"
     command = [sys.executable, "-m", "cluster.cli", "dashboard", "--runs", str(runs)]
@@ -192,7 +211,7 @@ def _rendered_charts(browser: WebDriver) -> list[WebElement]:
 def test_page_renders_charts(
     dashboard: Dashboard, driver: WebDriver, title: str, tmp_path: Path
 ) -> None:
-    query = {"page": title, "run": RUN_NAME, "against": MEMBER}
+    query = {"page": title, "run": RUN_NAME, "against": MEMBER, "study": MEMBER.split("/")[0]}
     driver.get(f"{dashboard.url}/?{urllib.parse.urlencode(query)}")
     wait = WebDriverWait(driver, PAGE_LOAD_S, poll_frequency=0.5)
     wait.until(

@@ -240,8 +240,9 @@ def test_a_tiny_study_end_to_end_and_each_member_equals_its_own_run(tmp_path: Pa
 
 @pytest.mark.e2e
 def test_a_study_killed_mid_training_resumes(tmp_path: Path) -> None:
-    base = {**BASE, "train": {**BASE["train"], "epochs": 3}, "data": {**BASE["data"]}}
-    base["data"]["n_train"] = 1024
+    # Long enough a training (tens of seconds) to be caught in it after its first epoch.
+    base = {**BASE, "train": {**BASE["train"], "epochs": 20}, "data": {**BASE["data"]}}
+    base["data"]["n_train"] = 2048
     path = _study_file(tmp_path, {"study": {"seeds": [0], "grid": {}}}, base)
     out = tmp_path / "study"
     argv = ["study", str(path), "--out", str(out), "--quiet"]
@@ -262,6 +263,7 @@ def test_a_study_killed_mid_training_resumes(tmp_path: Path) -> None:
     driver.send_signal(signal.SIGINT)
     assert driver.wait(timeout=120) != 0
     assert not (member / RESULTS).exists()
+    assert _manifest(member)["stage"] == "train"
     assert main(argv) == 0
     assert _manifest(member)["status"] == "done"
     assert (out / STUDY_TABLE).is_file()
