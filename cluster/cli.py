@@ -102,6 +102,17 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_study_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    study = commands.add_parser(
+        "study",
+        help="many members (grid point × training seed) on Ray, then effects across seeds",
+    )
+    study.add_argument("config", type=Path, help="a study file, e.g. configs/study-demo.yaml")
+    study.add_argument("--out", type=Path, required=True, help="the study directory")
+    study.add_argument("--address", default=None, help="Ray cluster to join (as for `run`)")
+    study.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="iamt",
@@ -146,14 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set_argument(search, "search.max_trials=8 (search.* and robustness.* keys only)")
     search.add_argument("--address", default=None, help="Ray cluster to join (as for `run`)")
     search.add_argument("--quiet", action="store_true", help="no progress bars")
-    study = commands.add_parser(
-        "study",
-        help="many members (grid point × training seed) on Ray, then effects across seeds",
-    )
-    study.add_argument("config", type=Path, help="a study file, e.g. configs/study-demo.yaml")
-    study.add_argument("--out", type=Path, required=True, help="the study directory")
-    study.add_argument("--address", default=None, help="Ray cluster to join (as for `run`)")
-    study.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_study_parser(commands)
     report = commands.add_parser("report", help=f"write RUN_DIR/{REPORT} with PNG plots")
     report.add_argument("run_dir", type=Path)
     dashboard = commands.add_parser("dashboard", help="serve the Streamlit dashboard")
