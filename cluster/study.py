@@ -140,7 +140,12 @@ def load_study(path: Path) -> tuple[StudyFile, list[Member]]:
         base = apply_overrides(base, common)
     except ConfigError as error:
         raise ConfigError(f"{path}: set: {error}") from None
-    return study, [_member(base, point, seed, path) for point, seed in _points(study.study)]
+    members = [_member(base, point, seed, path) for point, seed in _points(study.study)]
+    names = [member.name for member in members]
+    clashes = sorted({name for name in names if names.count(name) > 1})
+    if clashes:  # values that differ only in characters a directory name cannot hold
+        raise ConfigError(f"{path}: study.grid gives several members the name(s) {clashes}")
+    return study, members
 
 
 def _points(study: StudySection) -> Iterator[tuple[dict[str, Any], int]]:

@@ -70,7 +70,7 @@ LOCK = ".iamt.lock"  # flock'ed by the writing command; holds its pid, host and 
 # A study directory (`iamt study`): one run directory per member, STUDY_DIR/members/<name>/,
 # and the study's own tables and report beside them.
 STUDY_MEMBERS = "members"
-STUDY_CONFIG = "study.yaml"  # the study file as read, with its base config resolved
+STUDY_CONFIG = "study.yaml"  # the study file as read (its base path as written)
 STUDY_TABLE = "study.csv"  # per grid point × variant × family × attribute: the seed-aware effect
 STUDY_SEEDS = "study_seeds.csv"  # per member × variant × family × attribute: each seed's effect
 STUDY_GRID = "study_grid.csv"  # differences of effects between grid points
