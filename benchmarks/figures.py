@@ -47,6 +47,7 @@ from robustness.perturbations.native import NATIVE_CORRUPTIONS, corrupt_natively
 from robustness.perturbations.native.fidelity import fidelity_images
 from robustness.runner import Sweep, finish_sweep, prepare_sweep, train_run
 
+SWEEP_CORRUPTIONS = ["gaussian_blur", "contrast", "pixelate", "jpeg_compression", "brightness"]
 SLOT = "benchmark_slot"  # Ray custom resource: 2 per machine; a task takes 1 or 2 of them
 
 
@@ -173,19 +174,22 @@ def run_on_ray(sweep: Sweep, evaluators: int, bench: Bench) -> float:
     return seconds
 
 
-def corruption_sweep(bench: Bench, samples: int, shard: int) -> dict[str, Any]:
-    names = ["gaussian_blur", "contrast", "pixelate", "jpeg_compression", "brightness"]
+def corruption_sweep(
+    bench: Bench, samples: int, shard: int, *, engine: str = "reference"
+) -> dict[str, Any]:
+    """A robustness section of corruption jobs only: 5 corruptions × severities 1, 3, 5.
+    The reference engine by default: these figures measure the service around CPU-bound work
+    (the native engine has its own figure, native_corruption_speedup)."""
+    del bench  # the sizes are the caller's
     return {
         "shard_size": shard,
         "batch_size": shard,
         "noise": {"types": [], "strengths": [0.1], "n_samples": 1},
-        # The reference engine: these figures measure the service around CPU-bound work;
-        # the native engine has its own figure (native_corruption_speedup).
         "corruptions": {
-            "names": names,
+            "names": SWEEP_CORRUPTIONS,
             "severities": [1, 3, 5],
             "n_samples": samples,
-            "engine": "reference",
+            "engine": engine,
         },
         "attacks": {"methods": [], "n_samples": 1},
     }

@@ -39,26 +39,9 @@ FOUR_VARIANTS = {
     "suppress": "suppress:k=8,beta=0.5",
     "power": "power:gamma=0.5",
 }
-# Native-engine corruptions: cheap to make, so a figure shows the models' cost, not the
-# reference engine's per-image loop (which would hide any saving in the inference).
-NATIVE_SWEEP = ["gaussian_blur", "contrast", "pixelate", "jpeg_compression", "brightness"]
-
-
-def native_corruption_sweep(samples: int, shard: int) -> dict[str, object]:
-    """A robustness section of corruption jobs only, on the native engine."""
-    return {
-        "shard_size": shard,
-        "batch_size": shard,
-        "noise": {"types": [], "strengths": [0.1], "n_samples": 1},
-        "corruptions": {
-            "names": NATIVE_SWEEP,
-            "severities": [1, 3, 5],
-            "n_samples": samples,
-            "engine": "native",
-        },
-        "attacks": {"methods": [], "n_samples": 1},
-    }
-
+# The shared-trunk figures corrupt with the native engine: cheap images, so that a figure
+# shows the models' cost rather than the reference engine's per-image loop.
+NATIVE = "native"
 
 # configs/cifar10.yaml's network: a ResNet-18 trunk to layer3 (256 channels), one attribute.
 CIFAR10_CLASSES = (
@@ -133,7 +116,8 @@ def shared_variants_resnet18(bench: Bench) -> Figure:
     )
     samples, shard = (100, 100) if bench.quick else (500, 250)
     sweep = only_family(
-        bench.sweep(native_corruption_sweep(samples, shard), SIXTEEN_VARIANTS), Family.CORRUPTION
+        bench.sweep(corruption_sweep(bench, samples, shard, engine=NATIVE), SIXTEEN_VARIANTS),
+        Family.CORRUPTION,
     )
     models = {n: m.to(bench.device) for n, m in resnet18_variants(sweep, SIXTEEN_VARIANTS).items()}
     sixteen = as_one_attribute(sweep.jobs, tuple(models))
@@ -171,7 +155,7 @@ def _together_vs_separate(
 
 def _four_variant_sweep(bench: Bench) -> Sweep:
     samples, shard = (100, 100) if bench.quick else (500, 250)
-    sweep = bench.sweep(native_corruption_sweep(samples, shard), FOUR_VARIANTS)
+    sweep = bench.sweep(corruption_sweep(bench, samples, shard, engine=NATIVE), FOUR_VARIANTS)
     return only_family(sweep, Family.CORRUPTION)
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -86,3 +90,16 @@ def evaluated_run_dir(tiny_run: TrainRunSummary, tmp_path_factory: pytest.TempPa
     shutil.copytree(tiny_run.run_dir, run_dir)
     evaluate_run(run_dir, parse_config({**TINY, "robustness": SMALL_SWEEP}), show_progress=False)
     return run_dir
+
+
+def start_cli(argv: list[str]) -> subprocess.Popen[bytes]:
+    """`iamt ARGV` as a separate driver process that Ctrl-C (SIGINT) interrupts, stderr piped."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "cluster.cli", *argv],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        # pytest-xdist workers ignore SIGINT, and an ignored signal is inherited: give the
+        # driver the default disposition, so that Python turns Ctrl-C into KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )

@@ -5,11 +5,8 @@ refusals before any work."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +16,7 @@ import yaml
 
 from cluster.cli import main
 from iamt.rundir import RunDirectory
-from tests.conftest import SMALL_SWEEP, TINY
+from tests.conftest import SMALL_SWEEP, TINY, start_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -99,15 +96,7 @@ def test_an_interrupted_run_resumes_without_recomputing_finished_jobs(
         "--quiet",
         "--no-report",
     ]
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "cluster.cli", *argv],
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        # pytest-xdist workers ignore SIGINT, and an ignored signal is inherited: give the
-        # driver the default disposition, so that Python turns Ctrl-C into KeyboardInterrupt.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    driver = start_cli(argv)
     deadline = time.monotonic() + 300
     while len(_part_stamps(run_dir)) < 3:  # let a few jobs finish, then Ctrl-C the driver
         assert driver.poll() is None, driver.stderr.read() if driver.stderr else ""

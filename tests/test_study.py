@@ -5,10 +5,7 @@ own `iamt run`, and a rerun that resumes an interrupted member and skips the fin
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +30,7 @@ from iamt.rundir import (
 )
 from robustness.metrics import hierarchical_bootstrap
 from robustness.study import POOLED, MemberResults, study_tables
-from tests.conftest import TINY
+from tests.conftest import TINY, start_cli
 
 # A sweep of two model-independent families: seconds per member.
 STUDY_SWEEP: dict[str, Any] = {
@@ -246,13 +243,7 @@ def test_a_study_killed_mid_training_resumes(tmp_path: Path) -> None:
     path = _study_file(tmp_path, {"study": {"seeds": [0], "grid": {}}}, base)
     out = tmp_path / "study"
     argv = ["study", str(path), "--out", str(out), "--quiet"]
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "cluster.cli", *argv],
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    driver = start_cli(argv)
     member = out / STUDY_MEMBERS / "seed-0"
     storage = RunDirectory(member).train_storage
     deadline = time.monotonic() + 300
