@@ -84,7 +84,7 @@ STUDY_COLUMNS = [
     "effect",  # mean over seeds of the paired accuracy difference variant − normal (fraction)
     "ci_low",  # 95 % hierarchical bootstrap: seeds, then images within each seed
     "ci_high",
-    "p_value",  # two-sided, from the same bootstrap
+    "p_value",  # two-sided, normal, from the same bootstrap's standard error
     "p_holm",  # Holm-adjusted over every row of the table
     "verdict",  # helps, hurts, no consistent effect
     "seeds_above_0",  # seeds whose own (image bootstrap) CI lies above 0

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy.special import ndtri
+from scipy.special import ndtr, ndtri
 from scipy.stats import binomtest
 
 __all__ = [
@@ -296,8 +296,10 @@ def hierarchical_bootstrap(
     replacement, and for each drawn seed one image-cluster bootstrap replicate of its mean
     (images resampled with replacement, as `paired_difference` does with `clusters`); the
     replicate is the mean of those S values. A seed drawn twice gets two independent image
-    resamples. `p_value`: two-sided, 2 · min(P*(r ≤ 0), P*(r ≥ 0)) with the +1 correction
-    (Davison & Hinkley 1997, §4.4), at most 1."""
+    resamples. `p_value`: two-sided, from the bootstrap standard error, 2 · Φ(−|effect| / SE*)
+    (Efron & Tibshirani 1993, ch. 6 and 16), 0 when SE* = 0 and the effect is not. Not the
+    percentile p, 2 · min(P*(r ≤ 0), P*(r ≥ 0)): that one cannot fall below 2 / (n_boot + 1),
+    which Holm's m-fold adjustment over a study's tens of tests would keep above any α."""
     if len(differences) != len(clusters) or not differences:
         raise ValueError("give one differences and one clusters array per seed, at least one")
     if isinstance(n_boot, bool) or not isinstance(n_boot, int | np.integer) or n_boot < 1:
@@ -318,12 +320,13 @@ def hierarchical_bootstrap(
     replicates: NDArray[np.float64] = table[drawn_seeds, drawn_columns].mean(axis=1)
     alpha = 1.0 - confidence
     low, high = np.quantile(replicates, [alpha / 2, 1 - alpha / 2])
-    below = int(np.count_nonzero(replicates <= 0)) + 1
-    above = int(np.count_nonzero(replicates >= 0)) + 1
-    p_value = min(1.0, 2.0 * min(below, above) / (n_boot + 1))
-    return HierarchicalEffect(
-        float(np.mean(seed_means)), float(low), float(high), p_value, replicates
-    )
+    effect = float(np.mean(seed_means))
+    standard_error = float(replicates.std(ddof=1)) if n_boot > 1 else 0.0
+    if standard_error > 0:
+        p_value = float(2.0 * ndtr(-abs(effect) / standard_error))
+    else:
+        p_value = 0.0 if effect != 0 else 1.0
+    return HierarchicalEffect(effect, float(low), float(high), p_value, replicates)
 
 
 # --------------------------------------------------------------------------- common corruptions

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from scipy import stats
 
 from cluster.cli import main
 from cluster.study import load_study
@@ -111,7 +112,10 @@ def test_the_hierarchical_bootstrap_resamples_seeds_as_worked_out_by_hand() -> N
     # One seed: the interval is that seed's image bootstrap; a constant gives a point.
     alone = hierarchical_bootstrap([ones], [ids], n_boot=500)
     assert (alone.effect, alone.ci_low, alone.ci_high) == (1.0, 1.0, 1.0)
-    assert alone.p_value == pytest.approx(2 / 501)
+    assert alone.p_value == 0.0  # no spread at all: nothing to doubt
+    # The p-value is the normal one from the bootstrap's standard error.
+    se = float(effect.replicates.std(ddof=1))
+    assert effect.p_value == pytest.approx(2 * stats.norm.sf(0.5 / se))
 
 
 def test_the_hierarchical_interval_is_wider_than_the_images_alone() -> None:
