@@ -116,7 +116,7 @@ def run_pipeline(
 ) -> PipelineResult:
     """`iamt run` (see the module docstring). `waiting` is entered around the stages that only
     wait on Ray (the training, the sweep): `iamt study` releases its driver lock there, so that
-    other members train and sweep meanwhile while every driver-side step runs alone."""
+    other members train and sweep meanwhile; every driver-side step runs alone."""
     started = time.perf_counter()
     inputs, joining = validate_run(config, run_dir, address, checkpoint, force)
     owns_ray = not ray.is_initialized()  # a caller's Ray (tests, notebooks) stays up

@@ -296,16 +296,43 @@ def _run_members(
             total=len(pending), desc="study members", unit="member", disable=not show_progress
         ) as bar:
             for _ in pending:
-                member, outcome = outcomes.get()
+                member, outcome = _next_outcome(outcomes, bar, study_dir, pending)
                 if isinstance(outcome, BaseException):
                     raise outcome  # a member's fault ends the study; what it finished is kept
                 failed += outcome
-                bar.set_postfix_str(member.name, refresh=False)
+                bar.set_postfix_str(jobs_done(study_dir, pending), refresh=False)
                 bar.update(1)
     except BaseException as error:
         _mark_interrupted(study_dir, [m for m in pending if m.name in running], error)
         raise
     return failed
+
+
+def _next_outcome(
+    outcomes: queue.Queue[tuple[Member, int | BaseException]],
+    bar: Any,
+    study_dir: Path,
+    pending: list[Member],
+) -> tuple[Member, int | BaseException]:
+    """The next member to end, showing the members' sweep jobs done every 2 s meanwhile."""
+    while True:
+        try:
+            return outcomes.get(timeout=2.0)
+        except queue.Empty:
+            bar.set_postfix_str(jobs_done(study_dir, pending))
+
+
+def jobs_done(study_dir: Path, members: list[Member]) -> str:
+    """ "jobs D/T": the sweep jobs done of those the members' manifests know of so far."""
+    done = total = 0
+    for member in members:
+        manifest = RunDirectory(member_dir(study_dir, member)).manifest
+        try:
+            jobs = json.loads(manifest.read_text()).get("jobs") or {}
+        except (OSError, ValueError):  # not written yet
+            continue
+        done, total = done + int(jobs.get("done", 0)), total + int(jobs.get("total", 0))
+    return f"jobs {done}/{total}"
 
 
 def _mark_interrupted(study_dir: Path, members: list[Member], error: BaseException) -> None:

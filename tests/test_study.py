@@ -17,7 +17,7 @@ import yaml
 from scipy import stats
 
 from cluster.cli import main
-from cluster.study import load_study
+from cluster.study import jobs_done, load_study
 from iamt.config import ConfigError
 from iamt.rundir import (
     RESULTS,
@@ -210,6 +210,9 @@ def test_a_tiny_study_end_to_end_and_each_member_equals_its_own_run(tmp_path: Pa
     ]
     for member in members:
         assert _manifest(member)["status"] == "done"
+    _, configs = load_study(path)
+    total = sum(_manifest(member)["jobs"]["total"] for member in members)
+    assert jobs_done(out, configs) == f"jobs {total}/{total}"  # the study bar's job count
     study = pd.read_csv(out / STUDY_TABLE)
     assert set(study["grid_point"]) == {"train.mask_sparsity=0.1", "train.mask_sparsity=0.5"}
     assert set(study["family"]) >= {"clean", "noise", "corruption", "adversarial"}
