@@ -285,8 +285,7 @@ def _study(args: argparse.Namespace) -> int:
         f"already finished); {result.failed_jobs} failed jobs"
     )
     print(f"wrote {result.study_dir}/: {STUDY_TABLE}, {STUDY_SEEDS}, {STUDY_GRID}")
-    if result.report is not None:
-        print(f"wrote {result.report}")
+    print(f"wrote {result.report}")
     return 0 if result.failed_jobs == 0 else 1
 
 

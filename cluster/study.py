@@ -216,7 +216,7 @@ class StudyResult:
     members: int
     ran: int  # members run (or resumed) now; the others were already finished
     failed_jobs: int
-    report: Path | None
+    report: Path
 
 
 def run_study(

@@ -109,7 +109,7 @@ def study_variants(table: pd.DataFrame, members: Iterable[Path] = ()) -> list[st
 
 
 def grid_points(table: pd.DataFrame) -> list[str]:
-    """The grid points in the order study.csv lists them (the study file's order)."""
+    """The grid points in the order study.csv lists them (sorted by their label)."""
     return [str(point) for point in pd.unique(table["grid_point"])]
 
 

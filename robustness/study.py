@@ -32,6 +32,8 @@ from robustness.results import paired_outcomes
 
 POOLED = POOLED_ATTRIBUTE  # the attribute label of a row pooled over attributes
 ALPHA = 0.05  # the verdicts' family-wise error rate (Holm)
+CONFIDENCE = 0.95  # of every interval
+CELL_KEY = ("grid_point", "variant", "family", "attribute")  # a row of study.csv is one cell
 N_BOOT = 2000
 HELPS, HURTS, NO_EFFECT = StudyVerdict.HELPS, StudyVerdict.HURTS, StudyVerdict.NO_EFFECT
 
@@ -122,34 +124,31 @@ class StudyTables:
 def study_tables(members: Sequence[MemberResults], *, n_boot: int = N_BOOT) -> StudyTables:
     """The study's three tables from its members' results (see the module docstring)."""
     seed_rows: list[dict[str, object]] = []
-    grouped: dict[tuple[str, str, str, str], list[SeedCell]] = {}
+    grouped: dict[tuple[str, str, str, str], list[tuple[SeedCell, dict[str, object]]]] = {}
     for member in members:
         for key, cell in seed_cells(member.results).items():
-            seed_rows.append(_seed_row(member, key, cell))
-            grouped.setdefault((member.grid_point, *key), []).append(cell)
-    seeds = pd.DataFrame(seed_rows, columns=STUDY_SEED_COLUMNS)
+            row = _seed_row(member, key, cell)
+            seed_rows.append(row)
+            grouped.setdefault((member.grid_point, *key), []).append((cell, row))
     rows, replicates = [], {}
-    for index, ((grid_point, variant, family, attribute), cells) in enumerate(
-        sorted(grouped.items())
-    ):
+    for index, (cell_key, entries) in enumerate(sorted(grouped.items())):
+        cells = [cell for cell, _ in entries]
         # A seed per cell: the grid comparison treats the cells' bootstraps as independent.
         effect = hierarchical_bootstrap(
-            [c.differences for c in cells], [c.image_ids for c in cells], n_boot=n_boot, seed=index
+            [c.differences for c in cells],
+            [c.image_ids for c in cells],
+            n_boot=n_boot,
+            seed=index,
+            confidence=CONFIDENCE,
         )
-        replicates[(grid_point, variant, family, attribute)] = effect.replicates
-        mine = seeds[
-            (seeds["grid_point"] == grid_point)
-            & (seeds["variant"] == variant)
-            & (seeds["family"] == family)
-            & (seeds["attribute"] == attribute)
-        ]
+        replicates[cell_key] = effect.replicates
+        mine = pd.DataFrame([row for _, row in entries])  # this cell's seeds
         accuracy = mine["normal_accuracy"]
         rows.append(
             {
-                "grid_point": grid_point,
-                "variant": variant,
-                "family": family,
-                "attribute": attribute,
+                **dict(
+                    zip(("grid_point", "variant", "family", "attribute"), cell_key, strict=True)
+                ),
                 "n_seeds": len(cells),
                 "effect": effect.effect,
                 "ci_low": effect.ci_low,
@@ -161,6 +160,7 @@ def study_tables(members: Sequence[MemberResults], *, n_boot: int = N_BOOT) -> S
                 "normal_accuracy_sd": float(accuracy.std(ddof=1)) if len(accuracy) > 1 else np.nan,
             }
         )
+    seeds = pd.DataFrame(seed_rows, columns=STUDY_SEED_COLUMNS)
     study = pd.DataFrame(rows, columns=[c for c in STUDY_COLUMNS if c not in ("p_holm", "verdict")])
     study["p_holm"] = holm(study["p_value"].to_numpy()) if len(study) else []
     study["verdict"] = [
@@ -184,7 +184,8 @@ def grid_differences(
                 replicates[(second.grid_point, variant, family, attribute)]
                 - replicates[(first.grid_point, variant, family, attribute)]
             )
-            low, high = np.quantile(difference, [ALPHA / 2, 1 - ALPHA / 2])
+            tail = (1 - CONFIDENCE) / 2
+            low, high = np.quantile(difference, [tail, 1 - tail])
             rows.append(
                 {
                     "variant": variant,
